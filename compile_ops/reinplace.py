@@ -1,0 +1,23 @@
+"""Teach Inductor's reinplacing pass our in-place twins.
+
+Where the input of ``all_reduce``/``broadcast`` is dead after the op, the pass rewrites the node to
+``all_reduce_``/``broadcast_`` on the same buffer, so the compiled code neither allocates nor copies.
+Where the input is still read later, the pass leaves the out-of-place op alone (one allocation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._inductor.fx_passes.reinplace import InplaceableOp, inplaceable_ops
+
+# out-of-place op -> (in-place twin, index of the argument it writes)
+INPLACE_TWINS = {
+    "all_reduce": ("all_reduce_", 0),
+    "broadcast": ("broadcast_", 0),
+}
+
+
+def register() -> None:
+    ops = torch.ops.compile_ops
+    for name, (twin, arg) in INPLACE_TWINS.items():
+        inplaceable_ops[getattr(ops, name).default] = InplaceableOp(getattr(ops, twin).default, arg)

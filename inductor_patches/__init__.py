@@ -1,0 +1,1 @@
+"""Version-gated, revertible Inductor patches."""

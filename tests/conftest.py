@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from compile_ops.testing.pool import close_all_pools, get_pool
+
+
+def has_accelerator_backend() -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() >= 1
+
+
+requires_gpu = pytest.mark.skipif(
+    not has_accelerator_backend(), reason="needs a CUDA GPU and NCCL (run on the GPU machine)"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_pools():
+    yield
+    close_all_pools()
+
+
+@pytest.fixture
+def world():
+    """``world(n)`` -> the shared gloo pool of n ranks (started once per session)."""
+    return lambda n, backend="gloo": get_pool(n, backend)

@@ -1,0 +1,157 @@
+"""Every collective, eager and compiled, against the single-process reference on gloo worlds 1-4."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import compile_ops
+from compile_ops.testing.cases import OPS, Case, run_case
+
+WORLDS = (1, 2, 3, 4)
+REDUCING = ("all_reduce", "reduce_scatter", "reduce_scatterv")
+WITH_DIM = ("all_gather", "all_gatherv", "reduce_scatter", "reduce_scatterv")
+WITH_UNEVEN = ("all_gatherv", "reduce_scatterv", "all_to_all")
+
+
+def eager_cases():
+    for world in WORLDS:
+        for op in OPS:
+            base = Case(op, world)
+            yield base
+            yield base.with_(dtype=torch.bfloat16, seed=1)
+            yield base.with_(dtype=torch.int32, seed=2)
+            yield base.with_(contiguous=False, seed=3)
+            if op in WITH_UNEVEN:
+                yield base.with_(uneven=True, seed=4)
+                yield base.with_(uneven=True, contiguous=False, seed=5)
+            if op in WITH_DIM:
+                for dim in (1, -1):
+                    yield base.with_(dim=dim, uneven=op in WITH_UNEVEN, seed=6)
+            if op in REDUCING:
+                for reduce_op in ("avg", "product", "min", "max"):
+                    yield base.with_(reduce_op=reduce_op, seed=7)
+
+
+def compiled_cases():
+    for world in (2, 3):
+        for op in OPS:
+            yield Case(op, world, uneven=op in WITH_UNEVEN)
+            if op in WITH_DIM:
+                yield Case(op, world, dim=1, uneven=op in WITH_UNEVEN, dtype=torch.bfloat16)
+
+
+def _check(case, results, modes):
+    expected = case.expected()
+    for rank, (got, want) in enumerate(zip(results, expected)):
+        assert got["input_intact"], f"{case}: rank {rank}'s input was modified"
+        for mode in modes:
+            torch.testing.assert_close(got[mode], want, msg=lambda m: f"{case} {mode} r{rank}: {m}")
+            if mode != "eager":
+                assert got[f"{mode}_frames"] == 1, f"{case} {mode}: graph breaks or recompiles"
+
+
+@pytest.mark.parametrize("case", list(eager_cases()), ids=str)
+def test_eager_matches_reference(world, case):
+    _check(case, world(case.world_size).run(run_case, case, ("eager",)), ("eager",))
+
+
+@pytest.mark.parametrize("case", list(compiled_cases()), ids=str)
+def test_compiled_matches_eager_and_reference(world, case):
+    modes = ("eager", "compiled", "dynamic")
+    _check(case, world(case.world_size).run(run_case, case, modes), modes)
+
+
+def _tokens_changing(op, counts):
+    """Compile once (dynamic), then call with a different token count per step."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    rank, n = dist.get_rank(), dist.get_world_size()
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+
+    def fn(x, sizes):
+        if op == "all_gatherv":
+            return compile_ops.all_gatherv(x * 2, sizes) + 1
+        return compile_ops.reduce_scatterv(x * 2, sizes) + 1
+
+    compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=True)
+    outs = []
+    for step, count in enumerate(counts):
+        # per-rank token counts differ within a step and across steps
+        sizes = [count + r for r in range(n)]
+        extent = sizes[rank] if op == "all_gatherv" else sum(sizes)
+        x = torch.full((extent, 8), float(rank + step))
+        outs.append((compiled(x, sizes), fn(x, sizes)))
+    return counter.frame_count, outs
+
+
+@pytest.mark.parametrize("op", ["all_gatherv", "reduce_scatterv"])
+def test_dynamic_token_count_does_not_recompile(world, op):
+    results = world(3).run(_tokens_changing, op, [5, 9, 17, 2, 64])
+    for frames, outs in results:
+        assert frames == 1
+        for compiled, eager in outs:
+            torch.testing.assert_close(compiled, eager)
+
+
+def _all_to_all_changing(counts):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    rank, n = dist.get_rank(), dist.get_world_size()
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+
+    def fn(x, out_splits, in_splits):
+        return compile_ops.all_to_all(x * 2, out_splits, in_splits) + 1
+
+    compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=True)
+    outs = []
+    for step, count in enumerate(counts):
+        # rank s sends count + s + r rows to rank r: uneven in both directions
+        in_splits = [count + rank + r for r in range(n)]
+        out_splits = [count + s + rank for s in range(n)]
+        x = torch.arange(sum(in_splits) * 4, dtype=torch.float32).view(-1, 4) + 100 * rank + step
+        outs.append((compiled(x, out_splits, in_splits), fn(x, out_splits, in_splits)))
+    return counter.frame_count, outs
+
+
+def test_dynamic_all_to_all_splits_do_not_recompile(world):
+    for frames, outs in world(3).run(_all_to_all_changing, [2, 7, 1, 30]):
+        assert frames == 1
+        for compiled, eager in outs:
+            torch.testing.assert_close(compiled, eager)
+
+
+def _subgroups():
+    """TP = {0,1},{2,3}; EP = {0,2},{1,3}: both used inside one compiled function."""
+    rank = dist.get_rank()
+    tp = dist.new_subgroups_by_enumeration([[0, 1], [2, 3]])[0]
+    ep = dist.new_subgroups_by_enumeration([[0, 2], [1, 3]])[0]
+    compile_ops.register_group("tp", tp)
+    compile_ops.register_group("ep", ep)
+    try:
+
+        def fn(x):
+            summed = compile_ops.all_reduce(x, group="tp")
+            return compile_ops.all_gather(summed, dim=0, group="ep")
+
+        x = torch.full((2,), float(rank))
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True)(x)
+        return compiled, fn(x)
+    finally:
+        compile_ops.unregister_group("tp")
+        compile_ops.unregister_group("ep")
+        dist.destroy_process_group(tp)
+        dist.destroy_process_group(ep)
+
+
+def test_tp_and_ep_subgroups_in_one_world():
+    from compile_ops.testing.pool import get_pool
+
+    results = get_pool(4).run(_subgroups)
+    # tp sums: ranks 0,1 -> 1; ranks 2,3 -> 5. ep gathers {0,2} -> [1,1,5,5]; {1,3} the same.
+    expected = torch.tensor([1.0, 1.0, 5.0, 5.0])
+    for compiled, eager in results:
+        torch.testing.assert_close(eager, expected)
+        torch.testing.assert_close(compiled, expected)
