@@ -383,6 +383,13 @@ shapes.register(_lib)
 # Public wrappers: torch.distributed-style names, group resolved to (name, size, rank) constants.
 
 
+def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: str) -> None:
+    if len(sizes) != pg.size():
+        raise GroupError(
+            f"compile_ops.{op}: len({name}) is {len(sizes)} but the group has {pg.size()} ranks"
+        )
+
+
 def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
     """Reduce ``x`` over the group; every rank gets the result in a new tensor."""
     pg = resolve_group(group, "all_reduce")
@@ -406,6 +413,7 @@ def all_gatherv(
 ) -> torch.Tensor:
     """Concatenate along ``dim`` where rank r contributes ``sizes[r]`` slices."""
     pg = resolve_group(group, "all_gatherv")
+    _check_one_per_rank("all_gatherv", pg, sizes, "sizes")
     return ops.all_gatherv(x, list(sizes), dim, pg.group_name)
 
 
@@ -422,6 +430,7 @@ def reduce_scatterv(
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's ``sizes[rank]`` slices along ``dim``."""
     pg = resolve_group(group, "reduce_scatterv")
+    _check_one_per_rank("reduce_scatterv", pg, sizes, "sizes")
     return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), pg.group_name)
 
 
@@ -448,4 +457,6 @@ def all_to_all(
         raise ValueError(
             "compile_ops.all_to_all: give both output_split_sizes and input_split_sizes, or neither"
         )
+    _check_one_per_rank("all_to_all", pg, output_split_sizes, "output_split_sizes")
+    _check_one_per_rank("all_to_all", pg, input_split_sizes, "input_split_sizes")
     return ops.all_to_all(x, list(output_split_sizes), list(input_split_sizes), pg.group_name)

@@ -22,3 +22,271 @@ def rank() -> int:
 def healthy() -> float:
     """A real collective: proves no rank was left half-way inside an earlier one."""
     return compile_ops.all_reduce(torch.ones(2)).sum().item()
+
+
+def op_samples(device: str = "cpu"):
+    """(overload, args, kwargs) for every compile_ops overload, valid on this rank's world."""
+    with torch.device(device):
+        return _op_samples()
+
+
+def _op_samples():
+    rank, n = dist.get_rank(), dist.get_world_size()
+    name = dist.group.WORLD.group_name
+    ops = torch.ops.compile_ops
+    x = torch.randn(2 * n, 3)
+    sizes = [r + 1 for r in range(n)]
+    mine = torch.randn(sizes[rank], 3)
+    splits = [(rank + r) % 3 for r in range(n)]
+    recv = [(s + rank) % 3 for s in range(n)]
+    a2a_in = torch.randn(sum(splits), 3)
+    return [
+        (ops.all_reduce.default, (x, "sum", name), {}),
+        (ops.all_reduce_.default, (x.clone(), "max", name), {}),
+        (ops.broadcast.default, (x, 0, name), {}),
+        (ops.broadcast_.default, (x.clone(), 0, name), {}),
+        (ops.all_gather.default, (x, 1, n, name), {}),
+        (ops.all_gather.out, (x, 0, n, name), {"out": torch.empty(2 * n * n, 3)}),
+        (ops.all_gatherv.default, (mine, sizes, 0, name), {}),
+        (ops.all_gatherv.out, (mine, sizes, 0, name), {"out": torch.empty(sum(sizes), 3)}),
+        (ops.reduce_scatter.default, (x, 0, "sum", n, name), {}),
+        (ops.reduce_scatter.out, (x, 0, "avg", n, name), {"out": torch.empty(2, 3)}),
+        (ops.reduce_scatterv.default, (torch.randn(sum(sizes), 3), sizes, 0, "sum", rank, name), {}),
+        (
+            ops.reduce_scatterv.out,
+            (torch.randn(sum(sizes), 3), sizes, 0, "sum", rank, name),
+            {"out": torch.empty(sizes[rank], 3)},
+        ),
+        (ops.all_to_all.default, (a2a_in, recv, splits, name), {}),
+        (ops.all_to_all.out, (a2a_in, recv, splits, name), {"out": torch.empty(sum(recv), 3)}),
+    ]
+
+
+def opcheck_all(device: str = "cpu"):
+    """torch.library.opcheck on every overload; returns {overload name: failure or None}."""
+    results = {}
+    for op, args, kwargs in op_samples(device):
+        torch.manual_seed(0)  # every rank runs the same sequence of collectives
+        try:
+            torch.library.opcheck(op, args, kwargs)
+            results[str(op)] = None
+        except Exception as e:  # noqa: BLE001
+            results[str(op)] = f"{type(e).__name__}: {e}"
+    return results
+
+
+# --- seed 000: an out-of-place op must never hand back its input ---------------------------------
+
+_buggy_lib = None
+
+
+def define_aliasing_all_reduce():
+    """The seed-000 bug on purpose: reduce in place, return the input from a functional schema."""
+    global _buggy_lib
+    if _buggy_lib is None:
+        _buggy_lib = torch.library.Library("compile_ops_buggy", "DEF")
+        _buggy_lib.define("all_reduce(Tensor x, str group_name) -> Tensor")
+
+        def kernel(x, group_name):
+            dist.all_reduce(x)
+            return x
+
+        _buggy_lib.impl("all_reduce", kernel, "CompositeExplicitAutograd")
+        torch.library.register_fake("compile_ops_buggy::all_reduce", lambda x, g: x.new_empty(x.shape))
+    return torch.ops.compile_ops_buggy.all_reduce.default
+
+
+def seed000_pattern(op_name: str, compiled: bool):
+    """Two programs that expose an op returning (an alias of) its input; returns (got, want) pairs.
+
+    * the input is read again after the op: an in-place op changes what later code sees (eager);
+    * the input is dead after the op: Inductor hands its buffer to a later intermediate, which then
+      overwrites the result that aliases it (compiled; the all-zeros seed-000 failure).
+    """
+    rank, n = dist.get_rank(), dist.get_world_size()
+    group = dist.group.WORLD.group_name
+    op = {
+        "all_reduce": compile_ops.all_reduce,
+        "broadcast": lambda y: compile_ops.broadcast(y, src=0),
+        "buggy": lambda y: define_aliasing_all_reduce()(y, group),
+    }[op_name]
+    if op_name == "buggy":
+        define_aliasing_all_reduce()
+
+    def read_input_later(x):
+        y = x * 2
+        return op(y), y + 0.5
+
+    def reuse_freed_buffer(x):
+        r = op(x * 2)
+        z = torch.mm(x * r.sum(), x)
+        return r + z
+
+    def inputs(r):
+        return torch.arange(16, dtype=torch.float32).view(4, 4) / 16 + r
+
+    x = inputs(rank)
+    ys = [2 * inputs(r) for r in range(n)]
+    reduced = ys[0] if op_name == "broadcast" else sum(ys)
+    want_read = (reduced, ys[rank] + 0.5)
+    want_reuse = reduced + torch.mm(x * reduced.sum(), x)
+    if compiled:
+        torch._dynamo.reset()
+        read_input_later = torch.compile(read_input_later, fullgraph=True)
+        reuse_freed_buffer = torch.compile(reuse_freed_buffer, fullgraph=True)
+    got_read = read_input_later(x)
+    got_reuse = reuse_freed_buffer(x)
+    return [(got_read[0], want_read[0]), (got_read[1], want_read[1]), (got_reuse, want_reuse)]
+
+
+def matches(pairs) -> bool:
+    return all(torch.allclose(got, want, rtol=1e-5, atol=1e-4) for got, want in pairs)
+
+
+def copy_kernels(code: str) -> list[str]:
+    """Lines of generated code that copy or clone a buffer."""
+    needles = (".clone(", "copy_(", "aten.copy", "aten.clone")
+    return [line.strip() for line in code.splitlines() if any(n in line for n in needles)]
+
+
+def generated_code(op_name: str, input_live: bool, device: str = "cpu"):
+    """Compile y = 2x; r = op(y); return r + 1 (and + y when live); return code and results."""
+    from torch._inductor.utils import run_and_get_code
+
+    rank = dist.get_rank()
+    op = compile_ops.all_reduce if op_name == "all_reduce" else compile_ops.broadcast
+
+    def fn(x):
+        y = x * 2
+        r = op(y)
+        return r + y if input_live else r + 1
+
+    x = torch.arange(8, dtype=torch.float32, device=device) + rank
+    torch._dynamo.reset()
+    out, (code, *_) = run_and_get_code(torch.compile(fn, fullgraph=True), x)
+    out = out.cpu()
+    n = dist.get_world_size()
+    ys = [2 * (torch.arange(8, dtype=torch.float32) + r) for r in range(n)]
+    reduced = sum(ys) if op_name == "all_reduce" else ys[0]
+    expected = reduced + (ys[rank] if input_live else 1)
+    return code, out, expected
+
+
+def bad_calls():
+    """Each bad call and what it must raise; run identically on every rank, before any traffic."""
+    n = dist.get_world_size()
+    x = torch.ones(2 * n + 1, 3)
+    ok = torch.ones(2 * n, 3)
+    calls = {
+        "indivisible": lambda: compile_ops.reduce_scatter(x, dim=0),
+        "sizes_sum": lambda: compile_ops.reduce_scatterv(ok, [1] * n),
+        "sizes_count": lambda: compile_ops.reduce_scatterv(ok, [2 * n]),
+        "gatherv_count": lambda: compile_ops.all_gatherv(ok, [2 * n] * (n + 1)),
+        "gatherv_own": lambda: compile_ops.all_gatherv(ok, [1] * n),
+        "splits_sum": lambda: compile_ops.all_to_all(ok, [1] * n, [1] * n),
+        "splits_count": lambda: compile_ops.all_to_all(ok, [2 * n], [2 * n, 0]),
+        "unknown_group": lambda: compile_ops.all_reduce(ok, group="no-such-group"),
+        "bad_op": lambda: compile_ops.all_reduce(ok, op="xor"),
+        "bad_dtype": lambda: compile_ops.all_reduce(ok.bool()),
+        "avg_int": lambda: compile_ops.all_reduce(ok.int(), op="avg"),
+        "bad_dim": lambda: compile_ops.all_gather(ok, dim=2),
+        "scalar": lambda: compile_ops.all_gather(torch.tensor(1.0)),
+        "bad_src": lambda: compile_ops.broadcast(ok, src=n),
+        "out_shape": lambda: torch.ops.compile_ops.all_gather.out(
+            ok, 0, n, dist.group.WORLD.group_name, out=torch.empty(1)
+        ),
+        "group_size": lambda: torch.ops.compile_ops.all_gather(
+            ok, 0, n + 1, dist.group.WORLD.group_name
+        ),
+    }
+    return {name: raises(call) for name, call in calls.items()}
+
+
+def wrong_device_and_destroyed_group():
+    """A group whose backend serves no CPU tensors, then the same group after destruction."""
+    ranks = list(range(dist.get_world_size()))
+    cuda_only = dist.new_group(ranks, backend="cuda:gloo")
+    name = cuda_only.group_name
+    wrong_device = raises(compile_ops.all_reduce, torch.ones(3), group=cuda_only)
+    compile_ops.register_group("cuda-only", cuda_only)
+    dist.destroy_process_group(cuda_only)
+    destroyed = raises(torch.ops.compile_ops.all_reduce, torch.ones(3), "sum", name)
+    destroyed_alias = raises(compile_ops.all_reduce, torch.ones(3), group="cuda-only")
+    compile_ops.unregister_group("cuda-only")
+    return wrong_device, destroyed, destroyed_alias
+
+
+# --- FX graph cache shared by the ranks of one machine ------------------------------------------
+
+_naive_lib = None
+
+
+def define_naive_reduce_scatterv():
+    """reduce_scatterv whose fake reads the rank from process state instead of its arguments."""
+    global _naive_lib
+    if _naive_lib is None:
+        _naive_lib = torch.library.Library("compile_ops_naive", "DEF")
+        _naive_lib.define("reduce_scatterv(Tensor x, SymInt[] sizes, str group_name) -> Tensor")
+
+        def kernel(x, sizes, group_name):
+            return compile_ops.reduce_scatterv(x, sizes)
+
+        def fake(x, sizes, group_name):
+            return x.new_empty((sizes[dist.get_rank()], *x.shape[1:]))
+
+        _naive_lib.impl("reduce_scatterv", kernel, "CompositeExplicitAutograd")
+        torch.library.register_fake("compile_ops_naive::reduce_scatterv", fake)
+        torch.fx.node.has_side_effect(torch.ops.compile_ops_naive.reduce_scatterv.default)
+    return torch.ops.compile_ops_naive.reduce_scatterv.default
+
+
+def _fx_cache_entries() -> int:
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    root = os.path.join(cache_dir(), "fxgraph")
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def compile_first_on(variant: str, first: int):
+    """Rank ``first`` compiles against a fresh shared FX graph cache; the others compile once
+    its entry is written (they cannot wait for it to finish: its collective needs them).
+
+    Returns (output shapes of two rounds, expected shape, FX-cache hits, misses) of this rank.
+    """
+    import time
+
+    from torch._dynamo.utils import counters
+
+    rank = dist.get_rank()
+    sizes = [1, 2, 3][: dist.get_world_size()]
+    if variant == "naive":
+        op = define_naive_reduce_scatterv()
+        group = dist.group.WORLD.group_name
+
+        def fn(x):
+            return op(x * 2, sizes, group) + 1
+    else:
+
+        def fn(x):
+            return compile_ops.reduce_scatterv(x * 2, sizes) + 1
+
+    x = torch.ones(sum(sizes), 4)
+    counters.clear()
+    before = _fx_cache_entries()
+    dist.barrier()
+    if rank != first:
+        deadline = time.monotonic() + 120
+        while _fx_cache_entries() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    shapes = []
+    for _ in range(2):  # the second round is served from the cache on every rank
+        torch._dynamo.reset()
+        try:
+            shapes.append(tuple(torch.compile(fn, fullgraph=True)(x).shape))
+        except AssertionError as e:  # a wrong cached shape trips Inductor's check after the op
+            shapes.append(f"AssertionError: {str(e).splitlines()[0]}")
+    hits = counters["inductor"]["fxgraph_cache_hit"]
+    misses = counters["inductor"]["fxgraph_cache_miss"]
+    return shapes, (sizes[rank], 4), hits, misses

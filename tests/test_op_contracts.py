@@ -1,0 +1,62 @@
+"""The contracts every op keeps: opcheck, never aliasing its input, no copies in compiled code."""
+
+import pytest
+import torch
+
+import workers
+from compile_ops.testing.cases import OPS, Case
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_opcheck_passes_for_every_overload(world, n):
+    for rank, failures in enumerate(world(n).run(workers.opcheck_all)):
+        assert len(failures) == 14
+        assert {k: v for k, v in failures.items() if v} == {}, f"rank {rank}"
+
+
+def _storage_shared(case: Case):
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    x = case.input(rank)
+    out = case.call(x, rank)
+    return out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_out_of_place_ops_never_return_their_input(world, op):
+    case = Case(op, 2, uneven=op in ("all_gatherv", "reduce_scatterv", "all_to_all"))
+    assert world(2).run(_storage_shared, case) == [False, False]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("op", ["all_reduce", "broadcast"])
+def test_seed000_result_never_aliases_input(world, op, compiled):
+    for pairs in world(2).run(workers.seed000_pattern, op, compiled):
+        for got, want in pairs:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_seed000_check_catches_an_aliasing_op(world, compiled):
+    """The same programs with an op that reduces in place and returns its input must go wrong."""
+    results = world(2).run(workers.seed000_pattern, "buggy", compiled)
+    assert not all(workers.matches(pairs) for pairs in results)
+
+
+@pytest.mark.parametrize("op", ["all_reduce", "broadcast"])
+def test_dead_input_reinplaces_without_copy(world, op):
+    for code, out, expected in world(2).run(workers.generated_code, op, False):
+        torch.testing.assert_close(out, expected)
+        assert f"torch.ops.compile_ops.{op}_.default(" in code
+        assert f"torch.ops.compile_ops.{op}.default(" not in code
+        assert not workers.copy_kernels(code), workers.copy_kernels(code)
+
+
+@pytest.mark.parametrize("op", ["all_reduce", "broadcast"])
+def test_live_input_gets_one_separate_result(world, op):
+    for code, out, expected in world(2).run(workers.generated_code, op, True):
+        torch.testing.assert_close(out, expected)
+        assert code.count(f"torch.ops.compile_ops.{op}.default(") == 1
+        assert f"torch.ops.compile_ops.{op}_.default(" not in code
+        assert not workers.copy_kernels(code), workers.copy_kernels(code)
