@@ -40,10 +40,19 @@ class Row:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world-size", "-n", type=int, default=None,
-                        help="ranks to start (default: 2 on CPU, min(2, GPUs) with GPUs)")
-    parser.add_argument("--backend", choices=("gloo", "nccl", "xccl"), default=None,
-                        help="default: nccl/xccl when an accelerator is present, else gloo")
+    parser.add_argument(
+        "--world-size",
+        "-n",
+        type=int,
+        default=None,
+        help="ranks to start (default: 2 on CPU, min(2, GPUs) with GPUs)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("gloo", "nccl", "xccl"),
+        default=None,
+        help="default: nccl/xccl when an accelerator is present, else gloo",
+    )
 
 
 def _default_backend() -> str:
@@ -77,7 +86,7 @@ def check_case(case: Case) -> dict[str, Any]:
         out["graph_breaks"] = torch._dynamo.explain(fn)(x).graph_break_count
         torch._dynamo.reset()
         out["compiled_ok"] = _close(torch.compile(fn, fullgraph=True)(x), want)
-    except Exception as e:  # noqa: BLE001 - reported in the table, exit code non-zero
+    except Exception as e:
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     out["seconds"] = time.perf_counter() - start
     return out
@@ -116,13 +125,21 @@ def collective_rows(run: Runner, world_size: int, backend: str) -> list[Row]:
 def print_table(rows: list[Row]) -> None:
     header = ("section", "case", "world", "backend", "eager", "compiled", "breaks", "time")
     body = [
-        (r.section, r.name, str(r.world_size), r.backend, _mark(r.eager_ok), _mark(r.compiled_ok),
-         str(r.graph_breaks), f"{r.seconds:.2f}s")
+        (
+            r.section,
+            r.name,
+            str(r.world_size),
+            r.backend,
+            _mark(r.eager_ok),
+            _mark(r.compiled_ok),
+            str(r.graph_breaks),
+            f"{r.seconds:.2f}s",
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     for line in [header, *body]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
     for r in rows:
         if r.error:
             print(f"  {r.name}: {r.error}")

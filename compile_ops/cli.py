@@ -7,7 +7,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "check": ("compile_ops.check", "run every op (and the MoE model) eager and compiled vs reference"),
+    "check": (
+        "compile_ops.check",
+        "run every op (and the MoE model) eager and compiled vs reference",
+    ),
 }
 
 

@@ -77,7 +77,13 @@ _UNEVEN_ALL_GATHER = frozenset({"nccl"})
 # Data types a backend cannot carry; movement ops send them as raw bytes instead.
 _BYTE_ONLY_DTYPES = frozenset(
     dt
-    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
+    for name in (
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    )
     if (dt := getattr(torch, name, None)) is not None
 )
 
@@ -99,7 +105,9 @@ def _group(op: str, group_name: str, x: torch.Tensor) -> ProcessGroup:
 
 def _check_group_size(op: str, pg: ProcessGroup, expected: int, what: str) -> None:
     if pg.size() != expected:
-        raise GroupError(f"compile_ops.{op}: {what} is {expected} but the group has {pg.size()} ranks")
+        raise GroupError(
+            f"compile_ops.{op}: {what} is {expected} but the group has {pg.size()} ranks"
+        )
 
 
 def _as_bytes_if_needed(t: torch.Tensor) -> torch.Tensor:
@@ -300,7 +308,9 @@ def _all_to_all_out(x, output_split_sizes, input_split_sizes, group_name, *, out
     pg = _group("all_to_all", group_name, x)
     _check_group_size("all_to_all", pg, len(input_split_sizes), "len(input_split_sizes)")
     src = x if x.is_contiguous() else x.contiguous()
-    dst = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+    dst = (
+        out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
+    )
     dist.all_to_all_single(
         _as_bytes_if_needed(dst),
         _as_bytes_if_needed(src),
@@ -334,6 +344,7 @@ KERNELS = {
     "all_to_all": _all_to_all,
     "all_to_all.out": _all_to_all_out,
 }
+
 
 def _functionalize_twin(functional: str, mutated: str) -> Callable[..., torch.Tensor]:
     """Functionalization rule for a twin: run the out-of-place op, then write its result back.

@@ -7,14 +7,12 @@ users may add aliases such as ``"tp"`` or ``"ep"`` with :func:`register_group`.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 from torch.distributed.distributed_c10d import _resolve_process_group
 
-GroupLike = Union[ProcessGroup, str, None]
+GroupLike = ProcessGroup | str | None
 
 _aliases: dict[str, ProcessGroup] = {}
 
@@ -71,7 +69,9 @@ def resolve_group(group: GroupLike, op: str = "resolve_group") -> ProcessGroup:
         return pg
     if isinstance(group, ProcessGroup):
         return group
-    raise TypeError(f"compile_ops.{op}: group must be a ProcessGroup, a group name or None, got {type(group)}")
+    raise TypeError(
+        f"compile_ops.{op}: group must be a ProcessGroup, a group name or None, got {type(group)}"
+    )
 
 
 def group_from_name(group_name: str, op: str) -> ProcessGroup:
@@ -86,5 +86,7 @@ def group_from_name(group_name: str, op: str) -> ProcessGroup:
                 "(unknown, or destroyed since the code was compiled)"
             ) from e
     if not dist.is_initialized() or pg not in dist.distributed_c10d._world.pg_names:
-        raise GroupError(f"compile_ops.{op}: group_name={group_name!r} refers to a destroyed process group")
+        raise GroupError(
+            f"compile_ops.{op}: group_name={group_name!r} refers to a destroyed process group"
+        )
     return pg

@@ -70,7 +70,9 @@ def _check_sizes(op: str, name: str, sizes: Sequence[SymInt], expected_sum: SymI
     _check(len(sizes) >= 1, op, f"{name} must have one entry per rank, got an empty list")
     for i, s in enumerate(sizes):
         _check(s >= 0, op, f"{name}[{i}]={s} is negative")
-    _check(sum(sizes) == expected_sum, op, f"{name} sum to {sum(sizes)} but {what} is {expected_sum}")
+    _check(
+        sum(sizes) == expected_sum, op, f"{name} sum to {sum(sizes)} but {what} is {expected_sum}"
+    )
 
 
 def _with_extent(x: torch.Tensor, dim: int, extent: SymInt) -> list[SymInt]:
@@ -136,9 +138,7 @@ def all_to_all_shape(
         f"output_split_sizes has {len(output_split_sizes)} entries but input_split_sizes has "
         f"{len(input_split_sizes)}; both need one per rank",
     )
-    _check_sizes(
-        "all_to_all", "input_split_sizes", input_split_sizes, x.shape[0], "x.shape[0]"
-    )
+    _check_sizes("all_to_all", "input_split_sizes", input_split_sizes, x.shape[0], "x.shape[0]")
     for i, s in enumerate(output_split_sizes):
         _check(s >= 0, "all_to_all", f"output_split_sizes[{i}]={s} is negative")
     return _with_extent(x, 0, sum(output_split_sizes))

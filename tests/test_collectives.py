@@ -42,10 +42,11 @@ def compiled_cases():
 
 def _check(case, results, modes):
     expected = case.expected()
-    for rank, (got, want) in enumerate(zip(results, expected)):
+    for rank, (got, want) in enumerate(zip(results, expected, strict=True)):
         assert got["input_intact"], f"{case}: rank {rank}'s input was modified"
         for mode in modes:
-            torch.testing.assert_close(got[mode], want, msg=lambda m: f"{case} {mode} r{rank}: {m}")
+            where = f"{case} {mode} rank {rank}"
+            torch.testing.assert_close(got[mode], want, msg=lambda m, where=where: f"{where}: {m}")
             if mode != "eager":
                 assert got[f"{mode}_frames"] == 1, f"{case} {mode}: graph breaks or recompiles"
 

@@ -1,7 +1,6 @@
 """Bad input fails the same way on every rank, names the op and the argument, and moves no data."""
 
 import pytest
-
 import workers
 
 EXPECTED = {
@@ -42,7 +41,9 @@ def test_bad_calls_raise_clear_errors_on_every_rank(world, n):
 
 def test_wrong_device_and_destroyed_group(world):
     pool = world(2)
-    for wrong_device, destroyed, destroyed_alias in pool.run(workers.wrong_device_and_destroyed_group):
+    for wrong_device, destroyed, destroyed_alias in pool.run(
+        workers.wrong_device_and_destroyed_group
+    ):
         assert wrong_device[0] == "GroupError" and "serves only ['cuda']" in wrong_device[1]
         assert destroyed[0] == "GroupError" and "no live process group" in destroyed[1]
         assert destroyed_alias[0] == "GroupError" and "destroyed" in destroyed_alias[1]

@@ -1,8 +1,8 @@
 """Ranks of one machine share Inductor's FX graph cache: a rank-dependent shape must not leak."""
 
 import pytest
-
 import workers
+
 from compile_ops.testing.pool import WorkerPool
 
 

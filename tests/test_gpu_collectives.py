@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 import workers
-from compile_ops.testing.cases import OPS, Case, run_case
 from conftest import requires_gpu
+
+from compile_ops.testing.cases import OPS, Case, run_case
 
 pytestmark = requires_gpu
 

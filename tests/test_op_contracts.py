@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 import workers
+
 from compile_ops.testing.cases import OPS, Case
 
 

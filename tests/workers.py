@@ -10,7 +10,7 @@ def raises(fn, *args, **kwargs):
     """Run ``fn`` and return ``(exception type name, message)``, or None if it did not raise."""
     try:
         fn(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return type(e).__name__, str(e)
     return None
 
@@ -51,7 +51,11 @@ def _op_samples():
         (ops.all_gatherv.out, (mine, sizes, 0, name), {"out": torch.empty(sum(sizes), 3)}),
         (ops.reduce_scatter.default, (x, 0, "sum", n, name), {}),
         (ops.reduce_scatter.out, (x, 0, "avg", n, name), {"out": torch.empty(2, 3)}),
-        (ops.reduce_scatterv.default, (torch.randn(sum(sizes), 3), sizes, 0, "sum", rank, name), {}),
+        (
+            ops.reduce_scatterv.default,
+            (torch.randn(sum(sizes), 3), sizes, 0, "sum", rank, name),
+            {},
+        ),
         (
             ops.reduce_scatterv.out,
             (torch.randn(sum(sizes), 3), sizes, 0, "sum", rank, name),
@@ -70,7 +74,7 @@ def opcheck_all(device: str = "cpu"):
         try:
             torch.library.opcheck(op, args, kwargs)
             results[str(op)] = None
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             results[str(op)] = f"{type(e).__name__}: {e}"
     return results
 
@@ -92,7 +96,9 @@ def define_aliasing_all_reduce():
             return x
 
         _buggy_lib.impl("all_reduce", kernel, "CompositeExplicitAutograd")
-        torch.library.register_fake("compile_ops_buggy::all_reduce", lambda x, g: x.new_empty(x.shape))
+        torch.library.register_fake(
+            "compile_ops_buggy::all_reduce", lambda x, g: x.new_empty(x.shape)
+        )
     return torch.ops.compile_ops_buggy.all_reduce.default
 
 

@@ -11,6 +11,7 @@ whose ranks may be stuck inside a collective is torn down and started afresh on 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import multiprocessing as mp
 import os
@@ -30,7 +31,9 @@ _GRACE_S = 20.0
 class WorkerError(RuntimeError):
     """One or more ranks raised; ``failures`` maps rank -> formatted traceback."""
 
-    def __init__(self, fn_name: str, failures: dict[int, str], exceptions: dict[int, BaseException]):
+    def __init__(
+        self, fn_name: str, failures: dict[int, str], exceptions: dict[int, BaseException]
+    ):
         self.failures = failures
         self.exceptions = exceptions
         detail = "\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(failures.items()))
@@ -85,7 +88,7 @@ def _worker_main(rank, world_size, backend, store_port, conn, env):
         fn, args = msg
         try:
             conn.send(("ok", _to_cpu(fn(*args))))
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
+        except BaseException as e:
             tb = traceback.format_exc()
             try:
                 conn.send(("err", _Failure(tb, e)))
@@ -113,8 +116,9 @@ class WorkerPool:
         import torch.distributed as dist
 
         # The parent hosts the rendezvous store on a port the OS picks: no fixed or guessed ports.
-        self._store = dist.TCPStore("127.0.0.1", 0, self.world_size + 1, is_master=True,
-                                    wait_for_workers=False)
+        self._store = dist.TCPStore(
+            "127.0.0.1", 0, self.world_size + 1, is_master=True, wait_for_workers=False
+        )
         ctx = mp.get_context("spawn")
         for rank in range(self.world_size):
             parent, child = ctx.Pipe()
@@ -134,10 +138,8 @@ class WorkerPool:
 
     def close(self) -> None:
         for conn in self._conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
         for p in self._procs:
             p.join(timeout=5)
         self._kill()
@@ -167,7 +169,7 @@ class WorkerPool:
         if len(per_rank_args) != self.world_size:
             raise ValueError(f"need {self.world_size} argument tuples, got {len(per_rank_args)}")
         self.start()
-        for conn, args in zip(self._conns, per_rank_args):
+        for conn, args in zip(self._conns, per_rank_args, strict=True):
             conn.send((fn, tuple(args)))
         return self._collect(getattr(fn, "__qualname__", repr(fn)), timeout or DEFAULT_TIMEOUT_S)
 

@@ -62,9 +62,9 @@ def reduce_scatter(inputs: Tensors, dim: int = 0, op: str = "sum") -> list[torch
     return reduce_scatterv(inputs, [extent // n] * n, dim, op)
 
 
-def all_to_all(
-    inputs: Tensors, input_split_sizes: Sequence[Sequence[int]]
-) -> list[torch.Tensor]:
+def all_to_all(inputs: Tensors, input_split_sizes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
     """``input_split_sizes[s][r]`` rows go from rank s to rank r (output splits follow)."""
-    pieces = [list(t.split(list(splits))) for t, splits in zip(inputs, input_split_sizes)]
+    pieces = [
+        list(t.split(list(splits))) for t, splits in zip(inputs, input_split_sizes, strict=True)
+    ]
     return [torch.cat([pieces[s][r] for s in range(len(inputs))]) for r in range(len(inputs))]
