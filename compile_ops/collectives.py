@@ -458,11 +458,11 @@ def all_to_all(
     pg = resolve_group(group, "all_to_all")
     if output_split_sizes is None and input_split_sizes is None:
         n = pg.size()
-        torch._check_value(
-            x.shape[0] % n == 0,
-            lambda: f"compile_ops.all_to_all: x.shape[0]={x.shape[0]} is not divisible by the "
-            f"group size {n} (pass split sizes for uneven splits)",
-        )
+        if x.shape[0] % n != 0:
+            raise ValueError(
+                f"compile_ops.all_to_all: x.shape[0]={x.shape[0]} is not divisible by the group "
+                f"size {n} (pass split sizes for uneven splits)"
+            )
         output_split_sizes = input_split_sizes = [x.shape[0] // n] * n
     elif output_split_sizes is None or input_split_sizes is None:
         raise ValueError(

@@ -20,10 +20,11 @@ def eager_cases():
             yield base
             yield base.with_(dtype=torch.bfloat16, seed=1)
             yield base.with_(dtype=torch.int32, seed=2)
-            yield base.with_(contiguous=False, seed=3)
+            yield base.with_(layout="transposed", seed=3)
+            yield base.with_(layout="sliced", seed=8)
             if op in WITH_UNEVEN:
                 yield base.with_(uneven=True, seed=4)
-                yield base.with_(uneven=True, contiguous=False, seed=5)
+                yield base.with_(uneven=True, layout="transposed", seed=5)
             if op in WITH_DIM:
                 for dim in (1, -1):
                     yield base.with_(dim=dim, uneven=op in WITH_UNEVEN, seed=6)

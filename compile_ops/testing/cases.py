@@ -31,13 +31,24 @@ MODES = ("eager", "compiled", "dynamic")
 
 @dataclass(frozen=True)
 class Case:
+    """One call of one op on every rank of a world, with inputs made from ``seed``.
+
+    ``shape`` is each rank's input shape except along the op's dimension, whose extent follows
+    from ``sizes`` (v-ops), ``splits`` (all_to_all) or the world size. ``layout`` lays the same
+    values out contiguously, transposed (permuted storage) or sliced (every other element).
+    """
+
     op: str
     world_size: int
     dtype: torch.dtype = torch.float32
     dim: int = 0
     reduce_op: str = "sum"
     uneven: bool = False
-    contiguous: bool = True
+    layout: str = "contiguous"
+    shape: tuple[int, ...] = (3, 4, 5)
+    sizes: tuple[int, ...] | None = None
+    splits: tuple[tuple[int, ...], ...] | None = None
+    src: int | None = None
     seed: int = 0
     device: str = "cpu"
 
@@ -49,45 +60,66 @@ class Case:
             parts.append(self.reduce_op)
         if self.uneven:
             parts.append("uneven")
-        if not self.contiguous:
-            parts.append("strided")
+        if self.layout != "contiguous":
+            parts.append(self.layout)
+        if self.shape != (3, 4, 5):
+            parts.append("x".join(map(str, self.shape)))
         return "-".join(parts)
 
     # -- sizes ---------------------------------------------------------------------------------
 
-    def sizes(self) -> list[int]:
+    def extents(self) -> list[int]:
         """Per-rank extents along ``dim`` for the v-ops (a zero among them from 3 ranks up)."""
+        if self.sizes is not None:
+            return list(self.sizes)
         n = self.world_size
         return [(r + 1) % 3 for r in range(n)] if self.uneven else [2] * n
 
     def input_splits(self, rank: int) -> list[int]:
+        """Rows rank ``rank`` sends to each rank."""
+        if self.splits is not None:
+            return list(self.splits[rank])
         n = self.world_size
         return [(rank + 2 * r) % 3 for r in range(n)] if self.uneven else [2] * n
 
     def output_splits(self, rank: int) -> list[int]:
         return [self.input_splits(s)[rank] for s in range(self.world_size)]
 
+    def source_rank(self) -> int:
+        return self.world_size - 1 if self.src is None else self.src
+
+    def _dim(self) -> int:
+        return 0 if self.op == "all_to_all" else self.dim % len(self.shape)
+
     def _extent(self, rank: int) -> int:
-        if self.op in ("all_gather", "all_gatherv"):
-            return self.sizes()[rank] if self.op == "all_gatherv" else 2
-        if self.op in ("reduce_scatter", "reduce_scatterv"):
-            return sum(self.sizes()) if self.op == "reduce_scatterv" else 2 * self.world_size
+        if self.op == "all_gatherv":
+            return self.extents()[rank]
+        if self.op == "reduce_scatterv":
+            return sum(self.extents())
+        if self.op == "all_gather":
+            return self.shape[self._dim()]
+        if self.op == "reduce_scatter":
+            return self.shape[self._dim()] * self.world_size
         if self.op == "all_to_all":
             return sum(self.input_splits(rank))
-        return 3
+        return self.shape[self._dim()]
 
     # -- data ----------------------------------------------------------------------------------
 
     def input(self, rank: int) -> torch.Tensor:
-        shape = [3, 4, 5]
-        dim = 0 if self.op == "all_to_all" else self.dim % len(shape)
-        shape[dim] = self._extent(rank)
+        shape = list(self.shape)
+        shape[self._dim()] = self._extent(rank)
         g = torch.Generator().manual_seed(self.seed * 1000 + rank)
         low, high = (-2, 3) if self.reduce_op == "product" else (-4, 5)
-        if self.contiguous:
+        if self.layout == "transposed" and len(shape) > 1:
+            x = torch.randint(low, high, shape[::-1], generator=g).permute(
+                *reversed(range(len(shape)))
+            )
+        elif self.layout == "sliced":
+            wide = shape[:-1] + [2 * shape[-1]]
+            x = torch.randint(low, high, wide, generator=g)[..., ::2]
+        else:
             x = torch.randint(low, high, shape, generator=g)
-        else:  # same values, transposed storage
-            x = torch.randint(low, high, shape[::-1], generator=g).permute(2, 1, 0)
         return x.to(self.dtype)
 
     @staticmethod
@@ -103,41 +135,46 @@ class Case:
         if op == "all_reduce":
             return compile_ops.all_reduce(x, self.reduce_op, group=group)
         if op == "broadcast":
-            return compile_ops.broadcast(x, src=self.world_size - 1, group=group)
+            return compile_ops.broadcast(x, src=self.source_rank(), group=group)
         if op == "all_gather":
             return compile_ops.all_gather(x, self.dim, group=group)
         if op == "all_gatherv":
-            return compile_ops.all_gatherv(x, self.sizes(), self.dim, group=group)
+            return compile_ops.all_gatherv(x, self.extents(), self.dim, group=group)
         if op == "reduce_scatter":
             return compile_ops.reduce_scatter(x, self.dim, self.reduce_op, group=group)
         if op == "reduce_scatterv":
-            return compile_ops.reduce_scatterv(x, self.sizes(), self.dim, self.reduce_op, group)
+            return compile_ops.reduce_scatterv(x, self.extents(), self.dim, self.reduce_op, group)
         if op == "all_to_all":
             return compile_ops.all_to_all(
                 x, self.output_splits(rank), self.input_splits(rank), group=group
             )
         raise ValueError(f"unknown op {op!r}")
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The op on this process's rank (a picklable, compilable callable)."""
+        return self.call(x, dist.get_rank())
+
+    def reference(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every rank's result for inputs ``xs``, computed in one process."""
+        op = self.op
+        if op == "all_reduce":
+            return reference.all_reduce(xs, self.reduce_op)
+        if op == "broadcast":
+            return reference.broadcast(xs, src=self.source_rank())
+        if op in ("all_gather", "all_gatherv"):
+            return reference.all_gather(xs, self.dim)
+        if op == "reduce_scatter":
+            return reference.reduce_scatter(xs, self.dim, self.reduce_op)
+        if op == "reduce_scatterv":
+            return reference.reduce_scatterv(xs, self.extents(), self.dim, self.reduce_op)
+        if op == "all_to_all":
+            return reference.all_to_all(xs, [self.input_splits(r) for r in range(self.world_size)])
+        raise ValueError(f"unknown op {op!r}")
+
     def expected(self) -> list[torch.Tensor]:
         """``post(reference(pre(inputs)))`` for every rank."""
         xs = [self.pre(self.input(r)) for r in range(self.world_size)]
-        op = self.op
-        if op == "all_reduce":
-            out = reference.all_reduce(xs, self.reduce_op)
-        elif op == "broadcast":
-            out = reference.broadcast(xs, src=self.world_size - 1)
-        elif op in ("all_gather", "all_gatherv"):
-            out = reference.all_gather(xs, self.dim)
-        elif op == "reduce_scatter":
-            out = reference.reduce_scatter(xs, self.dim, self.reduce_op)
-        elif op == "reduce_scatterv":
-            out = reference.reduce_scatterv(xs, self.sizes(), self.dim, self.reduce_op)
-        elif op == "all_to_all":
-            splits = [self.input_splits(r) for r in range(self.world_size)]
-            out = reference.all_to_all(xs, splits)
-        else:
-            raise ValueError(f"unknown op {op!r}")
-        return [self.post(t) for t in out]
+        return [self.post(t) for t in self.reference(xs)]
 
     def with_(self, **changes) -> Case:
         return replace(self, **changes)

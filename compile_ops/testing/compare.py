@@ -1,0 +1,124 @@
+"""``assert_compiled_matches_eager``: one function, every rank, three ways of running it.
+
+``fn`` runs eagerly and under ``torch.compile(fullgraph=True)`` on every rank of a worker pool;
+the compiled results must match the eager ones, and the eager ones must match a single-process
+``reference`` when one is given. A failure names the rank, the output, the worst element and how
+to reproduce it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from .pool import WorkerError, WorkerPool, get_pool
+
+
+class MismatchError(AssertionError):
+    """Compiled, eager and reference results disagree (or compilation failed)."""
+
+
+def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(rtol, atol): compiled code may fuse and reassociate, so looser than bitwise."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return 2e-2, 2e-2
+    if dtype.is_floating_point:
+        return 1e-4, 1e-5
+    return 0.0, 0.0
+
+
+def run_eager_and_compiled(fn: Callable, inputs: Sequence[Any], dynamic: bool, backend: str):
+    """On one rank: (eager outputs, compiled outputs, frames compiled). Runs inside a worker."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    eager = fn(*inputs)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=dynamic)(*inputs)
+    return eager, compiled, counter.frame_count
+
+
+def assert_compiled_matches_eager(
+    fn: Callable,
+    per_rank_inputs: Sequence[Sequence[Any]],
+    world_size: int,
+    *,
+    reference: Callable[[Sequence[Sequence[Any]]], Sequence[Any]] | None = None,
+    dynamic: bool = False,
+    backend: str = "inductor",
+    rtol: float | None = None,
+    atol: float | None = None,
+    pool: WorkerPool | None = None,
+    timeout: float | None = None,
+    reproducer: str | None = None,
+) -> list[Any]:
+    """Check ``fn`` compiled == eager (== ``reference``) on every rank; return the eager outputs.
+
+    ``fn`` must pickle (a module-level function or a picklable callable object).
+    ``per_rank_inputs[r]`` is the argument tuple for rank r. ``reference(per_rank_inputs)``, run in
+    this process, returns every rank's expected output. ``reproducer`` is printed on failure
+    (for example the source of a generated program).
+    """
+    if len(per_rank_inputs) != world_size:
+        raise ValueError(f"need {world_size} input tuples, got {len(per_rank_inputs)}")
+    pool = pool or get_pool(world_size)
+    context = _describe(fn, per_rank_inputs, dynamic, backend, reproducer)
+    try:
+        results = pool.map(
+            run_eager_and_compiled,
+            [(fn, tuple(inputs), dynamic, backend) for inputs in per_rank_inputs],
+            timeout=timeout,
+        )
+    except WorkerError as e:
+        raise MismatchError(f"{context}\n{e}") from None
+    expected = reference(per_rank_inputs) if reference is not None else None
+    for rank, (eager, compiled, frames) in enumerate(results):
+        if frames != 1:
+            raise MismatchError(f"{context}\nrank {rank}: compiled into {frames} frames, want 1")
+        _compare(compiled, eager, "compiled", "eager", rank, context, rtol, atol)
+        if expected is not None:
+            _compare(eager, expected[rank], "eager", "reference", rank, context, rtol, atol)
+    return [eager for eager, _, _ in results]
+
+
+def _compare(got, want, got_name, want_name, rank, context, rtol, atol) -> None:
+    got_leaves, got_spec = pytree.tree_flatten(got)
+    want_leaves, want_spec = pytree.tree_flatten(want)
+    if got_spec != want_spec:
+        raise MismatchError(
+            f"{context}\nrank {rank}: {got_name} returned {got_spec}, {want_name} {want_spec}"
+        )
+    for i, (g, w) in enumerate(zip(got_leaves, want_leaves, strict=True)):
+        if not isinstance(g, torch.Tensor):
+            if g != w:
+                raise MismatchError(f"{context}\nrank {rank} output {i}: {got_name} {g!r} != {w!r}")
+            continue
+        r, a = default_tolerance(w.dtype)
+        try:
+            torch.testing.assert_close(
+                g, w, rtol=r if rtol is None else rtol, atol=a if atol is None else atol
+            )
+        except AssertionError as e:
+            raise MismatchError(
+                f"{context}\nrank {rank} output {i}: {got_name} differs from {want_name}: {e}"
+            ) from None
+
+
+def _describe(fn, per_rank_inputs, dynamic, backend, reproducer) -> str:
+    def meta(t):
+        if isinstance(t, torch.Tensor):
+            return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)} stride={t.stride()}"
+        return repr(t)
+
+    name = getattr(fn, "__qualname__", type(fn).__qualname__)
+    lines = [f"{name} (world {len(per_rank_inputs)}, backend={backend}, dynamic={dynamic})"]
+    lines += [
+        f"  rank {r} inputs: {', '.join(meta(t) for t in inputs)}"
+        for r, inputs in enumerate(per_rank_inputs)
+    ]
+    if reproducer:
+        lines += ["reproducer:", reproducer]
+    return "\n".join(lines)
