@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = {
     "check": ("compile_ops.check", "run every op (and the MoE model) eager and compiled vs reference"),
+    "audit": ("fake_impls.audit", "each op of a torch.ops namespace: fake kernel, schema, opcheck"),
 }
 
 
