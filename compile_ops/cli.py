@@ -7,10 +7,8 @@ import importlib
 import sys
 
 COMMANDS = {
-    "check": (
-        "compile_ops.check",
-        "run every op (and the MoE model) eager and compiled vs reference",
-    ),
+    "check": ("compile_ops.check", "every op and the MoE model, eager and compiled vs reference"),
+    "audit": ("fake_impls.audit", "each op of a torch.ops namespace: fake kernel, schema, opcheck"),
 }
 
 
