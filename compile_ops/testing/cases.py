@@ -116,7 +116,7 @@ class Case:
                 *reversed(range(len(shape)))
             )
         elif self.layout == "sliced":
-            wide = shape[:-1] + [2 * shape[-1]]
+            wide = [*shape[:-1], 2 * shape[-1]]
             x = torch.randint(low, high, wide, generator=g)[..., ::2]
         else:
             x = torch.randint(low, high, shape, generator=g)
