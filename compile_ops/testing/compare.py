@@ -30,15 +30,32 @@ def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def run_eager_and_compiled(fn: Callable, inputs: Sequence[Any], dynamic: bool, backend: str):
-    """On one rank: (eager outputs, compiled outputs, frames compiled). Runs inside a worker."""
-    from torch._dynamo.testing import CompileCounterWithBackend
+def run_eager_and_compiled(fn: Callable, inputs: Sequence[Any], dynamic: bool, backend: str | None):
+    """On one rank: eager, fake and compiled outputs, frames compiled, inputs intact.
 
+    Runs inside a worker. ``backend=None`` skips compilation. The fake run (FakeTensorMode) checks
+    the fake kernels against the real ones whatever the backend.
+    """
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    before = pytree.tree_map_only(torch.Tensor, torch.clone, inputs)
     eager = fn(*inputs)
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend(backend)
-    compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=dynamic)(*inputs)
-    return eager, compiled, counter.frame_count
+    intact = all(
+        torch.equal(a, b)
+        for a, b in zip(pytree.tree_leaves(inputs), pytree.tree_leaves(before), strict=True)
+        if isinstance(a, torch.Tensor)
+    )
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = fn(*pytree.tree_map_only(torch.Tensor, mode.from_tensor, inputs))
+    fake_meta = pytree.tree_map_only(torch.Tensor, lambda t: (tuple(t.shape), t.dtype), fake)
+    compiled, frames = None, 1
+    if backend is not None:
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend(backend)
+        compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=dynamic)(*inputs)
+        frames = counter.frame_count
+    return eager, fake_meta, compiled, frames, intact
 
 
 def assert_compiled_matches_eager(
@@ -48,7 +65,7 @@ def assert_compiled_matches_eager(
     *,
     reference: Callable[[Sequence[Sequence[Any]]], Sequence[Any]] | None = None,
     dynamic: bool = False,
-    backend: str = "inductor",
+    backend: str | None = "inductor",
     rtol: float | None = None,
     atol: float | None = None,
     pool: WorkerPool | None = None,
@@ -59,8 +76,10 @@ def assert_compiled_matches_eager(
 
     ``fn`` must pickle (a module-level function or a picklable callable object).
     ``per_rank_inputs[r]`` is the argument tuple for rank r. ``reference(per_rank_inputs)``, run in
-    this process, returns every rank's expected output. ``reproducer`` is printed on failure
-    (for example the source of a generated program).
+    this process, returns every rank's expected output. ``backend=None`` checks eager against
+    the reference and the fake kernels only. ``reproducer`` is printed on failure (for example the
+    source of a generated program). Also checked: ``fn`` leaves its inputs unchanged, and its
+    fake-tensor run gives the shapes and dtypes of the real one.
     """
     if len(per_rank_inputs) != world_size:
         raise ValueError(f"need {world_size} input tuples, got {len(per_rank_inputs)}")
@@ -75,13 +94,20 @@ def assert_compiled_matches_eager(
     except WorkerError as e:
         raise MismatchError(f"{context}\n{e}") from None
     expected = reference(per_rank_inputs) if reference is not None else None
-    for rank, (eager, compiled, frames) in enumerate(results):
+    for rank, (eager, fake_meta, compiled, frames, intact) in enumerate(results):
+        where = f"{context}\nrank {rank}"
+        if not intact:
+            raise MismatchError(f"{where}: the function modified its input")
+        real_meta = pytree.tree_map_only(torch.Tensor, lambda t: (tuple(t.shape), t.dtype), eager)
+        if fake_meta != real_meta:
+            raise MismatchError(f"{where}: fake kernels give {fake_meta}, real ones {real_meta}")
         if frames != 1:
-            raise MismatchError(f"{context}\nrank {rank}: compiled into {frames} frames, want 1")
-        _compare(compiled, eager, "compiled", "eager", rank, context, rtol, atol)
+            raise MismatchError(f"{where}: compiled into {frames} frames, want 1")
+        if backend is not None:
+            _compare(compiled, eager, "compiled", "eager", rank, context, rtol, atol)
         if expected is not None:
             _compare(eager, expected[rank], "eager", "reference", rank, context, rtol, atol)
-    return [eager for eager, _, _ in results]
+    return [result[0] for result in results]
 
 
 def _compare(got, want, got_name, want_name, rank, context, rtol, atol) -> None:

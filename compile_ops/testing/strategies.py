@@ -91,7 +91,9 @@ def programs(
         elif kind == "collective":
             step, (rows, cols) = _collective(draw, target, current, n, rows, cols)
             steps.append(step)
-        elif kind == "matmul":
+        elif kind == "matmul" and rows > 1:
+            # A one-row product under dynamic shapes hits a torch CPU Inductor bug
+            # (docs/known-issues.md); rows > 1 keeps the fuzzer on our code.
             out_cols = draw(st.sampled_from((2, 4, 8)))
             weights.append((cols, out_cols))
             steps.append(Step(target, f"{current} @ w{len(weights) - 1}"))
@@ -110,7 +112,7 @@ def programs(
         elif kind == "transpose":
             steps.append(Step(target, f"{current}.t()"))
             rows, cols = cols, rows
-        else:
+        else:  # pointwise
             act = draw(st.sampled_from(_ACTIVATIONS)).format(v=current)
             scale = draw(st.sampled_from((0.5, 2.0, -1.0)))
             steps.append(Step(target, f"{act} * {scale}"))

@@ -1,0 +1,69 @@
+"""Hypothesis fuzzing: every op, and programs mixing ops with math, compiled vs eager vs reference.
+
+Two profiles, chosen by COMPILE_OPS_FUZZ:
+* ``ci`` (default): derandomised (the same examples on every run), 200 examples per op, each
+  checked eagerly against the reference and against its fake kernels; one in four also compiled
+  (aot_eager, dynamic shapes); 40 programs compiled with Inductor.
+* ``long``: random, 650 examples per op and 1000 programs, every one compiled with Inductor
+  (5,550 cases in all).
+"""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compile_ops.testing.cases import OPS
+from compile_ops.testing.compare import assert_compiled_matches_eager
+from compile_ops.testing.strategies import cases, programs
+
+LONG = os.environ.get("COMPILE_OPS_FUZZ", "ci") == "long"
+PER_OP, PROGRAMS = (650, 1000) if LONG else (200, 40)
+CASE_BACKEND = "inductor" if LONG else "aot_eager"
+
+
+def fuzz_settings(max_examples):
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=not LONG,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_matches_reference(op):
+    @fuzz_settings(PER_OP)
+    @given(case=cases(op), compile_it=st.booleans() if LONG else st.sampled_from([1, 0, 0, 0]))
+    def check(case, compile_it):
+        inputs = [(case.input(r),) for r in range(case.world_size)]
+        assert_compiled_matches_eager(
+            case,
+            inputs,
+            case.world_size,
+            reference=lambda per_rank: case.reference([x for (x,) in per_rank]),
+            dynamic=True,
+            backend=CASE_BACKEND if (compile_it or LONG) else None,
+            reproducer=f"compile_ops.testing.cases.{case!r}",
+        )
+
+    check()
+
+
+def test_programs_match_reference():
+    @fuzz_settings(PROGRAMS)
+    @given(program=programs(), dynamic=st.booleans())
+    def check(program, dynamic):
+        assert_compiled_matches_eager(
+            program.function(),
+            [program.inputs(r) for r in range(program.world_size)],
+            program.world_size,
+            reference=program.reference,
+            dynamic=dynamic,
+            reproducer=program.source(),
+        )
+
+    check()
