@@ -427,3 +427,28 @@ def test_32_layer_stack_stores_each_residual_once(patched):
     loads = realize_codegen.norm_loads(codes)
     assert len(loads) == 65 and max(loads) == 3
     assert decisions.counts()["narrow_copy:realize"] == 63
+
+
+# ---------------------------------------------------------------- with compile_ops' own pass
+
+
+@needs_patched_torch
+def test_tensor_parallel_stack_with_patch_matches_eager():
+    """all_reduce after each row-parallel projection is reinplaced and the residual still stored.
+
+    One gloo rank in this process: the graph, the reinplacing and the lowering are those of any
+    world size, without paying a compilation in every spawned rank.
+    """
+    import patch_workers
+    import torch.distributed as dist
+
+    layers = 2
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        got = patch_workers.tp_stack_with_patch(layers, TOKENS)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(got["compiled"], got["eager"], **BF16_2ULP)
+    assert got["inplace_all_reduces"] == 2 * layers
+    assert got["decisions"]["narrow_copy:realize"] == 2 * layers - 1
+    assert max(got["norm_loads"]) == 3
