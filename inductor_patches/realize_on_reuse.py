@@ -14,8 +14,8 @@ This patch decides by bytes instead, in two places:
 * ``has_exceeded_max_reads`` (asked of every lowered value): a narrowing cast of a shared value,
   e.g. the bf16 ``residual = x.to(bf16)`` of an fp32 ``x = h + residual`` that also feeds the
   norm, is stored when ``read * consumers >= out * (1 + consumers)``
-  (see :func:`store_narrow_copy`): the kernel that computes ``x`` for the norm writes the
-  narrow residual for free of extra reads, and the next layer reads 2 bytes, not the whole chain.
+  (see :func:`store_narrow_copy`): the norm kernel, which reads ``h`` and ``residual`` anyway,
+  also writes the bf16 residual, and the next layer reads those 2 bytes instead of the chain.
 
 Where sizes cannot be read (unbacked symbols) or no consumer could host the store (every
 consumer broadcasts the value, so the store would be a kernel of its own) torch's rule decides.
