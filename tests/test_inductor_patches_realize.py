@@ -10,6 +10,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch._inductor.decomposition import select_decomp_table
 from torch._inductor.graph import GraphLowering
 from torch._inductor.utils import run_and_get_code
@@ -177,6 +179,16 @@ def test_shared_value_decision_equals_reference(patched, case):
     want = reference_store(read, out, users)
     # Asked twice per node by torch (stride choice, then mark_reuse): counted once.
     assert decisions.counts() == {f"bytes:{'realize' if want else 'inline'}": 1}
+
+
+@given(st.integers(1, 10**12), st.integers(1, 10**12), st.integers(0, 10**4))
+def test_rule_functions_equal_reference(read, out, users):
+    from inductor_patches.realize_on_reuse import store_narrow_copy, store_shared_value
+
+    assert store_shared_value(read, out, users) == (users > 1 and reference_store(read, out, users))
+    assert store_narrow_copy(read, out, users) == (
+        users > 0 and reference_narrow_copy(read, out, users)
+    )
 
 
 def test_reference_covers_both_outcomes():
