@@ -1,8 +1,11 @@
 """compile-ops: collectives and MoE ops that stay correct and fast under torch.compile.
 
-``import compile_ops`` registers the ``torch.ops.compile_ops`` namespace with fake kernels and
-teaches Inductor's reinplacing pass the in-place twins.
+``import compile_ops`` registers the ``torch.ops.compile_ops`` namespace with fake kernels,
+teaches Inductor's reinplacing pass the in-place twins and applies the Inductor patches that are
+on (see ``inductor_patches`` and docs/patches.md).
 """
+
+import inductor_patches
 
 from . import reinplace
 from .collectives import (
@@ -20,6 +23,10 @@ from .groups import GroupError, register_group, registered_groups, resolve_group
 reinplace.register()
 
 __version__ = "0.1.0"
+
+# Code compiled by another compile-ops version or patch set is never served from the cache.
+inductor_patches.set_cache_key_component("compile_ops", __version__)
+inductor_patches.apply_configured()
 
 __all__ = [
     "REDUCE_OPS",

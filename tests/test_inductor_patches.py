@@ -1,0 +1,242 @@
+"""Registry, environment switch and cache key, on any torch version (patching a local class)."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.compiler.config as compiler_config
+from torch._dynamo.utils import counters
+
+import inductor_patches
+from inductor_patches import Patch, PatchWarning, Replacement, cache_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Target:
+    def scale(self, x: int) -> int:
+        return 2 * x
+
+
+ORIGINAL = Target.__dict__["scale"]
+
+
+def _times_three(original):
+    def scale(self, x: int) -> int:
+        return 3 * x
+
+    return scale
+
+
+def _patch(name="triple", versions=">=2.0", parameters=("self", "x"), default=True):
+    return Patch(
+        name=name,
+        summary="scale by 3",
+        torch_versions=versions,
+        replacements=(Replacement(f"{__name__}.Target", "scale", parameters, _times_three),),
+        default=default,
+        default_reason="a test patch",
+    )
+
+
+@pytest.fixture
+def registered():
+    """Register test patches; afterwards unregister them and restore the cache-key tag."""
+    names, tag = [], compiler_config.cache_key_tag
+
+    def register(patch):
+        names.append(patch.name)
+        return inductor_patches.register(patch)
+
+    yield register
+    for name in names:
+        inductor_patches.unregister(name)
+    assert Target.__dict__["scale"] is ORIGINAL
+    compiler_config.cache_key_tag = tag
+    cache_key.refresh()
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("2.11.0+cu130", True),
+        ("2.11.1+cpu", True),
+        ("2.11.0a0+gitabc", True),
+        ("2.12.0", False),
+        ("2.10.9", False),
+    ],
+)
+def test_version_range_compares_the_base_version(version, expected):
+    assert _patch(versions=">=2.11,<2.12").matches_torch(version) is expected
+    assert str(inductor_patches.torch_base_version("2.11.0+cu130")) == "2.11.0"
+
+
+def test_apply_is_idempotent_and_revert_restores_the_exact_original(registered):
+    patch = registered(_patch())
+    assert patch.apply() and patch.is_applied()
+    installed = Target.__dict__["scale"]
+    assert patch.apply() and Target.__dict__["scale"] is installed
+    assert Target().scale(5) == 15
+    assert installed.__wrapped__ is ORIGINAL
+    assert patch.revert() and not patch.is_applied()
+    assert Target.__dict__["scale"] is ORIGINAL and Target().scale(5) == 10
+    assert patch.revert() is False
+    assert patch.apply() and Target().scale(5) == 15
+
+
+def test_changed_signature_is_refused_with_one_warning(registered):
+    patch = registered(_patch(parameters=("self", "x", "y")))
+    with pytest.warns(PatchWarning, match=r"refused: .*Target.scale takes \(self, x\)"):
+        assert patch.apply() is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert patch.apply() is False  # no second warning
+    assert Target.__dict__["scale"] is ORIGINAL
+    (row,) = [r for r in inductor_patches.status() if r.name == patch.name]
+    assert row.state == "refused" and "takes (self, x)" in row.reason
+
+
+def test_method_replaced_by_someone_else_is_refused(registered):
+    patch = registered(_patch())
+
+    def foreign(self, x):
+        return x
+
+    foreign.__module__ = "another_library"
+    Target.scale = foreign
+    try:
+        with pytest.warns(PatchWarning, match="already replaced by another_library.*foreign"):
+            assert patch.apply() is False
+        assert Target.__dict__["scale"] is foreign
+    finally:
+        Target.scale = ORIGINAL
+
+
+def test_other_torch_version_is_inactive_and_says_so(registered):
+    patch = registered(_patch(versions="<1.0"))
+    assert patch.apply() is False and Target.__dict__["scale"] is ORIGINAL
+    (row,) = [r for r in inductor_patches.apply_configured({}) if r.name == patch.name]
+    assert row.state == "other torch version"
+    assert "<1.0" in row.reason and torch.__version__ in row.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", {}),
+        ("0", {"a": False, "b": False}),
+        ("1", {"a": True, "b": True}),
+        ("-a", {"a": False}),
+        ("+b, -a", {"a": False, "b": True}),
+        ("0,b", {"a": False, "b": True}),
+        ("b,none", {"a": False, "b": False}),
+    ],
+)
+def test_env_switch_grammar(value, expected):
+    assert inductor_patches.parse_switches(value, ["a", "b"]) == expected
+
+
+def test_env_switch_warns_on_unknown_names():
+    with pytest.warns(PatchWarning, match=r"unknown patch name\(s\) \['-realize_on_resue'\]"):
+        assert inductor_patches.parse_switches("-realize_on_resue", ["a"]) == {}
+
+
+def test_apply_configured_follows_defaults_and_env(registered):
+    on, off = registered(_patch("on_patch")), registered(_patch("off_patch", default=False))
+    rows = {r.name: r for r in inductor_patches.apply_configured({})}
+    assert rows["on_patch"] == ("on_patch", "applied", "on by default")
+    assert rows["off_patch"] == ("off_patch", "off by default", "a test patch")
+
+    rows = {r.name: r for r in inductor_patches.apply_configured({"COMPILE_OPS_PATCHES": "0"})}
+    assert not on.is_applied() and rows["on_patch"].state == "off by env"
+    assert rows["on_patch"].reason == "COMPILE_OPS_PATCHES=0"
+
+    env = {"COMPILE_OPS_PATCHES": "-on_patch,+off_patch"}
+    rows = {r.name: r for r in inductor_patches.apply_configured(env)}
+    assert off.is_applied() and not on.is_applied()
+    assert rows["off_patch"] == (
+        "off_patch",
+        "applied",
+        "on by COMPILE_OPS_PATCHES=-on_patch,+off_patch",
+    )
+    off.revert()
+    assert {r.name: r.state for r in inductor_patches.status()}["off_patch"] == "reverted"
+    inductor_patches.apply_configured({})
+
+
+def test_cache_key_component_keeps_the_user_tag(registered):
+    compiler_config.cache_key_tag = "mine"
+    cache_key.set_component("pkg", "1.0")
+    tag = compiler_config.cache_key_tag
+    assert tag.startswith("minecompile_ops[") and "pkg=1.0" in tag
+    compiler_config.cache_key_tag = "theirs"  # the user changes their own tag later
+    cache_key.set_component("pkg", "1.1")
+    tag = compiler_config.cache_key_tag
+    assert tag.startswith("theirscompile_ops[") and "pkg=1.1" in tag and "pkg=1.0" not in tag
+    cache_key.set_component("pkg", None)
+    assert "pkg=" not in compiler_config.cache_key_tag
+    with pytest.raises(ValueError, match="component name"):
+        cache_key.set_component("a=b", "1")
+
+
+def test_applied_patches_are_in_the_cache_key(registered):
+    patch = registered(_patch())
+    patch.apply()
+    assert f"triple@{patch.fingerprint()}" in cache_key.components()["inductor_patches"]
+    assert "triple@" in compiler_config.cache_key_tag
+    patch.revert()
+    assert "triple@" not in cache_key.components().get("inductor_patches", "")
+
+
+def _compile_and_count(fn, x):
+    torch._dynamo.reset()
+    counters.clear()
+    out = torch.compile(fn, fullgraph=True)(x)
+    hits = (
+        counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"]
+    )
+    return out, hits > 0
+
+
+def _matmul(x):
+    return x @ x.T  # an extern kernel only: the cache is exercised without a C++ build
+
+
+def test_fx_graph_cache_misses_when_a_component_changes(tmp_path, monkeypatch, registered):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    x = torch.randn(4, 8)
+    with (
+        torch._inductor.config.patch(fx_graph_cache=True),
+        torch._functorch.config.patch(enable_autograd_cache=True),
+    ):
+        cache_key.set_component("pkg", "1.0")
+        assert _compile_and_count(_matmul, x)[1] is False
+        assert _compile_and_count(_matmul, x)[1] is True
+        cache_key.set_component("pkg", "1.1")  # e.g. a package upgrade
+        assert _compile_and_count(_matmul, x)[1] is False
+        cache_key.set_component("pkg", "1.0")
+        assert _compile_and_count(_matmul, x)[1] is True
+        cache_key.set_component("pkg", None)
+
+
+def test_import_compile_ops_applies_configured_patches():
+    code = (
+        "import compile_ops, inductor_patches, torch.compiler.config as c\n"
+        "print(inductor_patches.format_status())\n"
+        "print('TAG', c.cache_key_tag)\n"
+    )
+    env = {**os.environ, "COMPILE_OPS_PATCHES": "+realize_on_reuse", "PYTHONPATH": ROOT}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    row = next(line for line in out.splitlines() if line.startswith("realize_on_reuse"))
+    patch = inductor_patches.get("realize_on_reuse")
+    if patch.matches_torch():
+        assert "applied" in row and "on by COMPILE_OPS_PATCHES=+realize_on_reuse" in row
+        assert f"realize_on_reuse@{patch.fingerprint()}" in out
+    else:
+        assert "other torch version" in row
+    assert "compile_ops=0.1.0" in out.split("TAG", 1)[1]
