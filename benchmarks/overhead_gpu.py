@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compile_ops import cli  # noqa: E402
+from compile_ops import cli
 
 if __name__ == "__main__":
     out = os.environ.get("OUT", "bench-out")

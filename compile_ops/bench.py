@@ -42,11 +42,14 @@ from torch.distributed.distributed_c10d import _resolve_process_group
 
 import compile_ops
 
+from .collectives import _ALL_REDUCE_OPTS, _wait
+
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 KIB, MIB = 1 << 10, 1 << 20
 ACCELERATOR_SIZES = tuple(4 * KIB * 4**i for i in range(9))  # 4 KiB .. 256 MiB
 CPU_SIZES = tuple(4 * KIB * 4**i for i in range(6))  # 4 KiB .. 4 MiB: gloo on a few cores
+LARGE = 16 * MIB  # from here on a stray copy would show as a clear excess over raw
 TINY_ELEMENTS = 64
 TARGET_SLACK_US = 5.0  # compiled overhead target: one raw call + this
 TARGET_DISPATCH_RATIO = 0.8  # eager target: this times _c10d_functional all_reduce + wait
@@ -84,11 +87,6 @@ class Stats:
     def of(cls, samples: Sequence[float], calls_per_block: int) -> Stats:
         q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
         return cls(statistics.median(samples), q[0], q[2], len(samples), calls_per_block)
-
-    @property
-    def spread(self) -> float:
-        """Interquartile range relative to the median."""
-        return (self.p75_us - self.p25_us) / self.median_us if self.median_us else 0.0
 
 
 @dataclass
@@ -414,12 +412,11 @@ class Bench:
         x = self.inputs(TINY_ELEMENTS * 4, torch.float32)[0][:TINY_ELEMENTS].clone()
         raw_x = x.clone()
         group, name = self.group, self.group.group_name
-        options = dist.AllreduceOptions()
-        options.asyncOp = False
+        options = _ALL_REDUCE_OPTS["sum"]
         op = torch.ops.compile_ops.all_reduce.default
         contenders = {
             "raw dist.all_reduce": lambda i: dist.all_reduce(raw_x, group=group),
-            "ProcessGroup.allreduce": lambda i: group.allreduce([raw_x], options).wait(),
+            "ProcessGroup.allreduce": lambda i: _wait(group.allreduce([raw_x], options)),
             "_c10d_functional+wait": lambda i: F.wait_tensor(F.all_reduce(x, "sum", name)),
             "funcol.all_reduce+wait": lambda i: fc.wait_tensor(fc.all_reduce(x, "sum", group)),
             "Library.define op": lambda i: torch.ops.compile_ops_bench.bare_all_reduce(x, name),
@@ -537,7 +534,10 @@ def _spread(s: dict[str, Any]) -> float:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -554,7 +554,9 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
     variants = [v for v in VARIANTS if any(v in g for g in grouped.values())]
     body = []
     for (op, dtype, nbytes), g in grouped.items():
-        cells = [_cell(g[v], None if v == "raw" else g.get("raw")) if v in g else "-" for v in variants]
+        cells = [
+            _cell(g[v], None if v == "raw" else g.get("raw")) if v in g else "-" for v in variants
+        ]
         body.append([op, dtype, size_label(nbytes), *cells])
     header = ["op", "dtype", "size", *(VARIANT_TITLES[v] for v in variants)]
     return _table(header, body)
@@ -587,14 +589,30 @@ def overhead_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def overhead_table(rows: list[dict[str, Any]]) -> str:
     summary = overhead_rows(rows)
     graph = any("graph_overhead_us" in r for r in summary)
-    header = ["op", "dtype", "size", "raw call", "compiled math", "+ours", "+funcol",
-              "target", "met"] + (["+ours in graph"] if graph else [])
+    header = [
+        "op",
+        "dtype",
+        "size",
+        "raw call",
+        "compiled math",
+        "+ours",
+        "+funcol",
+        "target",
+        "met",
+    ] + (["+ours in graph"] if graph else [])
     body = []
     for r in summary:
-        line = [r["op"], r["dtype"], size_label(r["bytes"]), f"{r['raw_us']:.1f}",
-                f"{r['math_us']:.1f}", f"{r['ours_overhead_us']:+.1f}",
-                f"{r['funcol_overhead_us']:+.1f}", f"{r['target_us']:.1f}",
-                "yes" if r["met"] else "NO"]
+        line = [
+            r["op"],
+            r["dtype"],
+            size_label(r["bytes"]),
+            f"{r['raw_us']:.1f}",
+            f"{r['math_us']:.1f}",
+            f"{r['ours_overhead_us']:+.1f}",
+            f"{r['funcol_overhead_us']:+.1f}",
+            f"{r['target_us']:.1f}",
+            "yes" if r["met"] else "NO",
+        ]
         if graph:
             line.append(f"{r.get('graph_overhead_us', float('nan')):+.1f}")
         body.append(line)
@@ -618,14 +636,23 @@ def report(result: Result) -> str:
     env = ", ".join(f"{k} {v}" for k, v in result.env.items())
     parts = [f"compile-ops bench: {env}"]
     if result.latency:
-        parts += ["", "Latency per call, µs (median ±IQR, ratio to (a)); size = each rank's input",
-                  latency_table(result.latency)]
+        parts += [
+            "",
+            "Latency per call, µs (median ±IQR, ratio to (a)); size = each rank's input",
+            latency_table(result.latency),
+        ]
     if result.overhead:
-        parts += ["", "Compiled overhead of a collective, µs: compiled(math + op) - compiled(math)",
-                  overhead_table(result.overhead)]
+        parts += [
+            "",
+            "Compiled overhead of a collective, µs: compiled(math + op) - compiled(math)",
+            overhead_table(result.overhead),
+        ]
     if result.dispatch:
-        parts += ["", f"Eager per-call cost, {TINY_ELEMENTS} fp32 elements",
-                  dispatch_table(result.dispatch)]
+        parts += [
+            "",
+            f"Eager per-call cost, {TINY_ELEMENTS} fp32 elements",
+            dispatch_table(result.dispatch),
+        ]
     parts += ["", *summary_lines(result)]
     return "\n".join(parts)
 
@@ -642,6 +669,13 @@ def summary_lines(result: Result) -> list[str]:
             f"{worst['ours_overhead_us'] - worst['raw_us']:+.1f} µs over raw "
             f"({worst['op']} {worst['dtype']} {size_label(worst['bytes'])})"
         )
+        large = [r for r in summary if r["bytes"] >= LARGE]
+        if large:
+            excess = max(r["ours_overhead_us"] - r["raw_us"] for r in large)
+            lines.append(
+                f"  no extra pass over memory at >= {size_label(LARGE)}: worst excess over raw "
+                f"{excess:+.1f} µs ({'met' if excess <= TARGET_SLACK_US else 'MISSED'})"
+            )
     ratio = dispatch_ratio(result.dispatch)
     if ratio is not None:
         verdict = "met" if ratio <= TARGET_DISPATCH_RATIO else "MISSED"
@@ -652,9 +686,7 @@ def summary_lines(result: Result) -> list[str]:
     ours = [g for g in result.generated if g["fn"].startswith("math+ours")]
     if ours:
         clean = [g for g in ours if not g["copies"]]
-        lines.append(
-            f"  no copy/clone in generated code, input dead: {len(clean)}/{len(ours)} ops"
-        )
+        lines.append(f"  no copy/clone in generated code, input dead: {len(clean)}/{len(ours)} ops")
     for g in result.generated:
         lines += [f"    {g['fn']}: {line}" for line in g["copies"]]
     lines += [f"  ERROR {e}" for e in result.errors]
@@ -676,31 +708,59 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="all_reduce, fp32, two sizes, few repetitions (under a minute on CPU)")
-    parser.add_argument("--world-size", "-n", type=int, default=None,
-                        help="ranks to start (default: 1 with an accelerator, else 2)")
-    parser.add_argument("--backend", choices=("gloo", "nccl", "xccl"), default=None,
-                        help="default: nccl/xccl when an accelerator is present, else gloo")
-    parser.add_argument("--studies", default=None,
-                        help=f"comma-separated subset of {','.join(STUDIES)} (default: all)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="all_reduce, fp32, two sizes, few repetitions (under a minute on CPU)",
+    )
+    parser.add_argument(
+        "--world-size",
+        "-n",
+        type=int,
+        default=None,
+        help="ranks to start (default: 1 with an accelerator, else 2)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("gloo", "nccl", "xccl"),
+        default=None,
+        help="default: nccl/xccl when an accelerator is present, else gloo",
+    )
+    parser.add_argument(
+        "--studies",
+        default=None,
+        help=f"comma-separated subset of {','.join(STUDIES)} (default: all)",
+    )
     parser.add_argument("--ops", default=None, help=f"comma-separated subset of {','.join(OPS)}")
     parser.add_argument("--dtypes", default=None, help="comma-separated subset of bf16,fp32")
-    parser.add_argument("--sizes", type=parse_sizes, default=None,
-                        help="bytes per rank, e.g. 4K,1M,256M (default: 4K..256M on "
-                        "accelerators, 4K..4M on CPU)")
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=None,
+        help="bytes per rank, e.g. 4K,1M,256M (default: 4K..256M on accelerators, 4K..4M on CPU)",
+    )
     parser.add_argument("--reps", type=int, default=None, help="timed blocks per contender")
-    parser.add_argument("--out", default=None,
-                        help="directory for results.json and report.txt (created)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also write profiler tables, cProfile and generated code to --out")
+    parser.add_argument(
+        "--out", default=None, help="directory for results.json and report.txt (created)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also write profiler tables, cProfile and generated code to --out",
+    )
 
 
 def config_from(args: argparse.Namespace, backend: str) -> Config:
     config = Config(sizes=ACCELERATOR_SIZES if backend != "gloo" else CPU_SIZES)
     if args.quick:
-        config = replace(config, ops=("all_reduce",), dtypes=("fp32",),
-                         sizes=(4 * KIB, 1 * MIB), reps=5, block_ms=1.0)
+        config = replace(
+            config,
+            ops=("all_reduce",),
+            dtypes=("fp32",),
+            sizes=(4 * KIB, 1 * MIB),
+            reps=5,
+            block_ms=1.0,
+        )
     if args.studies:
         config = replace(config, studies=_choices(args.studies, STUDIES, "--studies"))
     if args.ops:

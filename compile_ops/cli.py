@@ -8,7 +8,7 @@ import sys
 
 COMMANDS = {
     "check": ("compile_ops.check", "run every op (and the MoE model) eager and compiled vs reference"),
-    "bench": ("compile_ops.bench", "time our collectives against raw c10d and functional collectives"),
+    "bench": ("compile_ops.bench", "time our collectives against raw c10d and functional ones"),
 }
 
 

@@ -98,6 +98,12 @@ _BYTE_ONLY_DTYPES = frozenset(
 # they learned about a group, and remember shape-rule verdicts (~1.5 µs per torch._check).
 
 
+def _wait(work) -> None:
+    # NCCL returns no Work for a synchronous call: it already sits on the current stream.
+    if work is not None:
+        work.wait()
+
+
 def _options(cls, **fields):
     opts = cls()
     # The caller waits for the result, as torch.distributed does for async_op=False; NCCL then
@@ -117,9 +123,9 @@ _ALL_TO_ALL_OPTS = _options(AllToAllOptions)
 
 _SHAPES: dict[tuple, tuple[int, ...]] = {}
 _SHAPES_MAX = 4096
-_DEVICE_TYPES: weakref.WeakKeyDictionary[ProcessGroup, frozenset[str]] = (
-    weakref.WeakKeyDictionary()
-)
+# What a group serves, looked up once per group (weak: a destroyed group is not kept alive).
+_DEVICE_TYPES: weakref.WeakKeyDictionary[ProcessGroup, frozenset[str]]
+_DEVICE_TYPES = weakref.WeakKeyDictionary()
 
 
 def _shape(rule: Callable[..., Sequence[int]], x: torch.Tensor, *args) -> tuple[int, ...]:
@@ -185,7 +191,7 @@ def _reduction(op: str, pg: ProcessGroup) -> tuple[str, bool]:
 def _all_reduce_into(x: torch.Tensor, op: str, pg: ProcessGroup) -> None:
     buf = x if x.is_contiguous() else x.contiguous()
     op, divide = _reduction(op, pg)
-    pg.allreduce([buf], _ALL_REDUCE_OPTS[op]).wait()
+    _wait(pg.allreduce([buf], _ALL_REDUCE_OPTS[op]))
     if divide:
         buf.div_(pg.size())
     if buf is not x:
@@ -212,7 +218,7 @@ def _broadcast_into(x: torch.Tensor, src: int, pg: ProcessGroup, op: str) -> Non
         raise GroupError(f"compile_ops.{op}: src={src} is not a member of the group")
     buf = x if x.is_contiguous() else x.contiguous()
     opts = _options(BroadcastOptions, rootRank=ranks.index(src), rootTensor=0)
-    pg.broadcast([_wire(buf)], opts).wait()
+    _wait(pg.broadcast([_wire(buf)], opts))
     if buf is not x:
         x.copy_(buf)
 
@@ -232,7 +238,7 @@ def _broadcast(x: torch.Tensor, src: int, group_name: str) -> torch.Tensor:
 
 
 def _all_gather_base(pg: ProcessGroup, out: torch.Tensor, x: torch.Tensor) -> None:
-    pg._allgather_base(_wire(out), _wire(x), _ALL_GATHER_OPTS).wait()
+    _wait(pg._allgather_base(_wire(out), _wire(x), _ALL_GATHER_OPTS))
 
 
 def _gather_into(out: torch.Tensor, x: torch.Tensor, dim: int, sizes: Sequence[int], pg) -> None:
@@ -248,7 +254,7 @@ def _gather_into(out: torch.Tensor, x: torch.Tensor, dim: int, sizes: Sequence[i
         out.copy_(stacked.movedim(0, dim))
     elif rows is not None and dist.get_backend(pg) in _UNEVEN_ALL_GATHER:
         parts = [_wire(p) for p in rows.split(list(sizes))]
-        pg.allgather([parts], [_wire(src)], _ALL_GATHER_OPTS).wait()
+        _wait(pg.allgather([parts], [_wire(src)], _ALL_GATHER_OPTS))
     else:
         # Uneven sizes on a backend without an uneven gather: pad every rank to the largest
         # extent, gather with the tensor API, then compact.
@@ -319,9 +325,9 @@ def _scatter_reduce_into(out, x, dim, sizes, op, pg) -> None:
     op, divide = _reduction(op, pg)
     opts = _REDUCE_SCATTER_OPTS[op]
     if all(s == sizes[0] for s in sizes):
-        pg._reduce_scatter_base(buf, src, opts).wait()
+        _wait(pg._reduce_scatter_base(buf, src, opts))
     else:
-        pg.reduce_scatter([buf], [list(src.split(list(sizes)))], opts).wait()
+        _wait(pg.reduce_scatter([buf], [list(src.split(list(sizes)))], opts))
     if divide:
         buf.div_(pg.size())
     if dst is None:
@@ -375,9 +381,8 @@ def _all_to_all_into(out, x, output_split_sizes, input_split_sizes, group_name) 
     _check_group_size("all_to_all", pg, len(input_split_sizes), "len(input_split_sizes)")
     src = x if x.is_contiguous() else x.contiguous()
     dst = out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
-    pg.alltoall_base(
-        _wire(dst), _wire(src), list(output_split_sizes), list(input_split_sizes), _ALL_TO_ALL_OPTS
-    ).wait()
+    out_splits, in_splits = list(output_split_sizes), list(input_split_sizes)
+    _wait(pg.alltoall_base(_wire(dst), _wire(src), out_splits, in_splits, _ALL_TO_ALL_OPTS))
     if dst is not out:
         out.copy_(dst)
     return out
@@ -411,6 +416,7 @@ KERNELS = {
     "all_to_all": _all_to_all,
     "all_to_all.out": _all_to_all_out,
 }
+
 
 def _functionalize_twin(functional: str, mutated: str) -> Callable[..., torch.Tensor]:
     """Functionalization rule for a twin: run the out-of-place op, then write its result back.

@@ -63,7 +63,9 @@ def test_quick_configuration_and_flags():
     full = bench.config_from(parser.parse_args([]), "nccl")
     assert full.sizes[0] == 4 << 10 and full.sizes[-1] == 256 << 20
     assert set(full.dtypes) == {"bf16", "fp32"}
-    custom = bench.config_from(parser.parse_args(["--sizes", "4K,2M", "--ops", "all_reduce"]), "gloo")
+    custom = bench.config_from(
+        parser.parse_args(["--sizes", "4K,2M", "--ops", "all_reduce"]), "gloo"
+    )
     assert custom.sizes == (4 << 10, 2 << 20) and custom.ops == ("all_reduce",)
     with pytest.raises(SystemExit, match="--ops"):
         bench.config_from(parser.parse_args(["--ops", "all_reduce,allreduce"]), "gloo")
