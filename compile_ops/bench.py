@@ -520,7 +520,10 @@ def environment(backend: str, world: int) -> dict[str, str]:
 
 def run_rank(config: Config) -> Result:
     """Runs inside each rank (module level, so worker pools can ship it)."""
-    return Bench(config).run()
+    # Each kind of compiled function is one code object for every op and dtype (8 entries with
+    # the defaults): raise Dynamo's limit, and fail rather than silently time eager code.
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        return Bench(config).run()
 
 
 # ----------------------------------------------------------------------------------------------

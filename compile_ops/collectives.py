@@ -173,7 +173,7 @@ def _wire(t: torch.Tensor) -> torch.Tensor:
 
 def _leading(t: torch.Tensor, dim: int) -> torch.Tensor | None:
     """``t`` with ``dim`` moved to the front as a contiguous *view*, or None if that needs a copy."""
-    moved = t.movedim(dim, 0)
+    moved = t.movedim(dim, 0) if dim else t  # a new view costs ~1 µs; dim 0 is the usual case
     return moved if moved.is_contiguous() else None
 
 
@@ -244,8 +244,8 @@ def _all_gather_base(pg: ProcessGroup, out: torch.Tensor, x: torch.Tensor) -> No
 def _gather_into(out: torch.Tensor, x: torch.Tensor, dim: int, sizes: Sequence[int], pg) -> None:
     """Concatenate every rank's ``x`` along ``dim`` into ``out``; sizes[r] is rank r's extent."""
     rows = _leading(out, dim)
-    src = x.movedim(dim, 0).contiguous()
-    even = all(s == sizes[0] for s in sizes)
+    src = (x.movedim(dim, 0) if dim else x).contiguous()
+    even = sizes.count(sizes[0]) == len(sizes)
     if even and rows is not None:
         _all_gather_base(pg, rows, src)
     elif even:
@@ -324,7 +324,7 @@ def _scatter_reduce_into(out, x, dim, sizes, op, pg) -> None:
     buf = dst if dst is not None else out.movedim(dim, 0).contiguous()
     op, divide = _reduction(op, pg)
     opts = _REDUCE_SCATTER_OPTS[op]
-    if all(s == sizes[0] for s in sizes):
+    if sizes.count(sizes[0]) == len(sizes):
         _wait(pg._reduce_scatter_base(buf, src, opts))
     else:
         _wait(pg.reduce_scatter([buf], [list(src.split(list(sizes)))], opts))
