@@ -726,14 +726,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="all_reduce, fp32, two sizes, few repetitions (under a minute on CPU)",
+        help="one rank, all_reduce, fp32, two sizes, few repetitions (under a minute on CPU)",
     )
     parser.add_argument(
         "--world-size",
         "-n",
         type=int,
         default=None,
-        help="ranks to start (default: 1 with an accelerator, else 2)",
+        help="ranks to start (default: 1 with an accelerator or --quick, else 2)",
     )
     parser.add_argument(
         "--backend",
@@ -806,7 +806,9 @@ def run(args: argparse.Namespace) -> int:
     from .testing.pool import WorkerPool
 
     backend = args.backend or _default_backend()
-    world = args.world_size or (2 if backend == "gloo" else 1)
+    # One rank with an accelerator (the target configuration) and for --quick (one process to
+    # start and compile in); two over gloo otherwise.
+    world = args.world_size or (2 if backend == "gloo" and not args.quick else 1)
     if backend != "gloo" and world > torch.accelerator.device_count():
         raise SystemExit(
             f"compile-ops bench: {backend} needs one device per rank; {world} ranks but "
