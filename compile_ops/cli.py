@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "check": ("compile_ops.check", "every op and the MoE model, eager and compiled vs reference"),
     "audit": ("fake_impls.audit", "each op of a torch.ops namespace: fake kernel, schema, opcheck"),
+    "bench": ("compile_ops.bench", "time our collectives against raw c10d and functional ones"),
 }
 
 

@@ -16,11 +16,19 @@ reach (CPU over gloo, CUDA over NCCL, XPU over XCCL) without naming one.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
+from torch.distributed.distributed_c10d import (
+    AllgatherOptions,
+    AllreduceOptions,
+    AllToAllOptions,
+    BroadcastOptions,
+    ReduceScatterOptions,
+)
 
 from fake_impls import collectives as shapes
 from fake_impls.collectives import REDUCE_OPS
@@ -89,12 +97,64 @@ _BYTE_ONLY_DTYPES = frozenset(
 
 
 # ----------------------------------------------------------------------------------------------
-# Run-time checks that need the live group (shape checks live in fake_impls.collectives).
+# Per-call cost. A small collective costs about 20 µs inside c10d, and whatever a kernel adds is
+# paid on every call, eager and compiled alike (Inductor calls these same kernels). So the kernels
+# call ProcessGroup methods directly (torch.distributed's Python wrappers re-check what is checked
+# here and cost ~8 µs more), keep one options object per collective and reduction, remember what
+# they learned about a group, and remember shape-rule verdicts (~1.5 µs per torch._check).
+
+
+def _wait(work) -> None:
+    # NCCL returns no Work for a synchronous call: it already sits on the current stream.
+    if work is not None:
+        work.wait()
+
+
+def _options(cls, **fields):
+    opts = cls()
+    # The caller waits for the result, as torch.distributed does for async_op=False; NCCL then
+    # runs the collective on the current stream instead of a side stream plus events.
+    opts.asyncOp = False
+    for name, value in fields.items():
+        setattr(opts, name, value)
+    return opts
+
+
+_ALL_REDUCE_OPTS = {k: _options(AllreduceOptions, reduceOp=v) for k, v in _REDUCE_OP.items()}
+_REDUCE_SCATTER_OPTS = {
+    k: _options(ReduceScatterOptions, reduceOp=v) for k, v in _REDUCE_OP.items()
+}
+_ALL_GATHER_OPTS = _options(AllgatherOptions)
+_ALL_TO_ALL_OPTS = _options(AllToAllOptions)
+
+_SHAPES: dict[tuple, tuple[int, ...]] = {}
+_SHAPES_MAX = 4096
+# What a group serves, looked up once per group (weak: a destroyed group is not kept alive).
+_DEVICE_TYPES: weakref.WeakKeyDictionary[ProcessGroup, frozenset[str]]
+_DEVICE_TYPES = weakref.WeakKeyDictionary()
+
+
+def _shape(rule: Callable[..., Sequence[int]], x: torch.Tensor, *args) -> tuple[int, ...]:
+    """``rule(x, *args)``, remembered per (x's shape and dtype, args).
+
+    Shape rules read nothing else, so a verdict holds for every call with the same key. Failures
+    are not remembered: a bad argument raises the rule's own error on every call.
+    """
+    key = (rule, x.shape, x.dtype, *args)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape = tuple(rule(x, *args))
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    return shape
 
 
 def _group(op: str, group_name: str, x: torch.Tensor) -> ProcessGroup:
     pg = group_from_name(group_name, op)
-    device_types = {d.type for d in pg._device_types}
+    device_types = _DEVICE_TYPES.get(pg)
+    if device_types is None:
+        device_types = _DEVICE_TYPES[pg] = frozenset(d.type for d in pg._device_types)
     if x.device.type not in device_types:
         raise GroupError(
             f"compile_ops.{op}: x is on {x.device} but group {group_name!r} "
@@ -110,88 +170,99 @@ def _check_group_size(op: str, pg: ProcessGroup, expected: int, what: str) -> No
         )
 
 
-def _as_bytes_if_needed(t: torch.Tensor) -> torch.Tensor:
-    # gloo and older NCCL reject fp8; movement ops only need the bytes.
-    return t.view(torch.uint8) if t.dtype in _BYTE_ONLY_DTYPES else t
+def _wire(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as backends carry it: fp8 as raw bytes, complex as pairs of reals (same memory)."""
+    if t.dtype in _BYTE_ONLY_DTYPES:
+        return t.view(torch.uint8)
+    if t.is_complex():
+        return torch.view_as_real(t)
+    return t
 
 
 def _leading(t: torch.Tensor, dim: int) -> torch.Tensor | None:
     """``t`` with ``dim`` moved to the front as a contiguous *view*, or None if that needs a copy."""
-    moved = t.movedim(dim, 0)
+    moved = t.movedim(dim, 0) if dim else t  # a new view costs ~1 µs; dim 0 is the usual case
     return moved if moved.is_contiguous() else None
+
+
+def _reduction(op: str, pg: ProcessGroup) -> tuple[str, bool]:
+    """The reduction to ask the backend for, and whether to divide by the group size after it."""
+    if op == "avg" and dist.get_backend(pg) not in _NATIVE_AVG:
+        return "sum", True
+    return op, False
 
 
 # ----------------------------------------------------------------------------------------------
 # Eager kernels. Each validates everything before the first byte moves.
 
 
-def _all_reduce_(x: torch.Tensor, op: str, group_name: str) -> torch.Tensor:
-    shapes.all_reduce_shape(x, op)
-    pg = _group("all_reduce_", group_name, x)
-    _all_reduce_into(x, op, pg)
-    return x
-
-
 def _all_reduce_into(x: torch.Tensor, op: str, pg: ProcessGroup) -> None:
     buf = x if x.is_contiguous() else x.contiguous()
-    if op == "avg" and dist.get_backend(pg) not in _NATIVE_AVG:
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=pg)
+    op, divide = _reduction(op, pg)
+    _wait(pg.allreduce([buf], _ALL_REDUCE_OPTS[op]))
+    if divide:
         buf.div_(pg.size())
-    else:
-        dist.all_reduce(buf, op=_REDUCE_OP[op], group=pg)
     if buf is not x:
         x.copy_(buf)
 
 
+def _all_reduce_(x: torch.Tensor, op: str, group_name: str) -> torch.Tensor:
+    _shape(shapes.all_reduce_shape, x, op)
+    _all_reduce_into(x, op, _group("all_reduce_", group_name, x))
+    return x
+
+
 def _all_reduce(x: torch.Tensor, op: str, group_name: str) -> torch.Tensor:
-    shapes.all_reduce_shape(x, op)
+    _shape(shapes.all_reduce_shape, x, op)
     pg = _group("all_reduce", group_name, x)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    out.copy_(x)
+    out = x.clone(memory_format=torch.contiguous_format)
     _all_reduce_into(out, op, pg)
     return out
 
 
 def _broadcast_into(x: torch.Tensor, src: int, pg: ProcessGroup, op: str) -> None:
-    if src not in dist.get_process_group_ranks(pg):
+    ranks = dist.get_process_group_ranks(pg)
+    if src not in ranks:
         raise GroupError(f"compile_ops.{op}: src={src} is not a member of the group")
     buf = x if x.is_contiguous() else x.contiguous()
-    dist.broadcast(_as_bytes_if_needed(buf), src=src, group=pg)
+    opts = _options(BroadcastOptions, rootRank=ranks.index(src), rootTensor=0)
+    _wait(pg.broadcast([_wire(buf)], opts))
     if buf is not x:
         x.copy_(buf)
 
 
 def _broadcast_(x: torch.Tensor, src: int, group_name: str) -> torch.Tensor:
-    shapes.broadcast_shape(x, src)
+    _shape(shapes.broadcast_shape, x, src)
     _broadcast_into(x, src, _group("broadcast_", group_name, x), "broadcast_")
     return x
 
 
 def _broadcast(x: torch.Tensor, src: int, group_name: str) -> torch.Tensor:
-    shapes.broadcast_shape(x, src)
+    _shape(shapes.broadcast_shape, x, src)
     pg = _group("broadcast", group_name, x)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    out.copy_(x)
+    out = x.clone(memory_format=torch.contiguous_format)
     _broadcast_into(out, src, pg, "broadcast")
     return out
+
+
+def _all_gather_base(pg: ProcessGroup, out: torch.Tensor, x: torch.Tensor) -> None:
+    _wait(pg._allgather_base(_wire(out), _wire(x), _ALL_GATHER_OPTS))
 
 
 def _gather_into(out: torch.Tensor, x: torch.Tensor, dim: int, sizes: Sequence[int], pg) -> None:
     """Concatenate every rank's ``x`` along ``dim`` into ``out``; sizes[r] is rank r's extent."""
     rows = _leading(out, dim)
-    src = x.movedim(dim, 0).contiguous()
-    even = all(s == sizes[0] for s in sizes)
+    src = (x.movedim(dim, 0) if dim else x).contiguous()
+    even = sizes.count(sizes[0]) == len(sizes)
     if even and rows is not None:
-        dist.all_gather_into_tensor(_as_bytes_if_needed(rows), _as_bytes_if_needed(src), group=pg)
+        _all_gather_base(pg, rows, src)
     elif even:
         stacked = src.new_empty((pg.size() * src.shape[0], *src.shape[1:]))
-        dist.all_gather_into_tensor(
-            _as_bytes_if_needed(stacked), _as_bytes_if_needed(src), group=pg
-        )
+        _all_gather_base(pg, stacked, src)
         out.copy_(stacked.movedim(0, dim))
     elif rows is not None and dist.get_backend(pg) in _UNEVEN_ALL_GATHER:
-        parts = [_as_bytes_if_needed(p) for p in rows.split(list(sizes))]
-        dist.all_gather(parts, _as_bytes_if_needed(src), group=pg)
+        parts = [_wire(p) for p in rows.split(list(sizes))]
+        _wait(pg.allgather([parts], [_wire(src)], _ALL_GATHER_OPTS))
     else:
         # Uneven sizes on a backend without an uneven gather: pad every rank to the largest
         # extent, gather with the tensor API, then compact.
@@ -199,9 +270,7 @@ def _gather_into(out: torch.Tensor, x: torch.Tensor, dim: int, sizes: Sequence[i
         padded = src.new_zeros((longest, *src.shape[1:]))
         padded[: src.shape[0]].copy_(src)
         stacked = src.new_empty((pg.size() * longest, *src.shape[1:]))
-        dist.all_gather_into_tensor(
-            _as_bytes_if_needed(stacked), _as_bytes_if_needed(padded), group=pg
-        )
+        _all_gather_base(pg, stacked, padded)
         chunks = [stacked[r * longest : r * longest + n] for r, n in enumerate(sizes)]
         if rows is not None:
             torch.cat(chunks, dim=0, out=rows)
@@ -209,19 +278,22 @@ def _gather_into(out: torch.Tensor, x: torch.Tensor, dim: int, sizes: Sequence[i
             out.copy_(torch.cat(chunks, dim=0).movedim(0, dim))
 
 
-def _all_gather_out(x, dim, group_size, group_name, *, out):
-    shape = shapes.all_gather_shape(x, dim, group_size)
-    shapes.check_out("all_gather", out, x, shape)
+def _all_gather_into(out, x, dim, group_size, group_name) -> torch.Tensor:
     pg = _group("all_gather", group_name, x)
     _check_group_size("all_gather", pg, group_size, "group_size")
-    dim = shapes.normalize_dim("all_gather", x, dim)
+    dim %= x.dim()
     _gather_into(out, x, dim, [x.shape[dim]] * group_size, pg)
     return out
 
 
+def _all_gather_out(x, dim, group_size, group_name, *, out):
+    shapes.check_out("all_gather", out, x, shapes.all_gather_shape(x, dim, group_size))
+    return _all_gather_into(out, x, dim, group_size, group_name)
+
+
 def _all_gather(x, dim, group_size, group_name):
-    out = x.new_empty(shapes.all_gather_shape(x, dim, group_size))
-    return _all_gather_out(x, dim, group_size, group_name, out=out)
+    out = x.new_empty(_shape(shapes.all_gather_shape, x, dim, group_size))
+    return _all_gather_into(out, x, dim, group_size, group_name)
 
 
 def _check_own_size(op: str, pg: ProcessGroup, x: torch.Tensor, sizes, dim: int, name="sizes"):
@@ -234,19 +306,22 @@ def _check_own_size(op: str, pg: ProcessGroup, x: torch.Tensor, sizes, dim: int,
         )
 
 
-def _all_gatherv_out(x, sizes, dim, group_name, *, out):
-    shape = shapes.all_gatherv_shape(x, sizes, dim)
-    shapes.check_out("all_gatherv", out, x, shape)
+def _all_gatherv_into(out, x, sizes, dim, group_name) -> torch.Tensor:
     pg = _group("all_gatherv", group_name, x)
-    dim = shapes.normalize_dim("all_gatherv", x, dim)
+    dim %= x.dim()
     _check_own_size("all_gatherv", pg, x, sizes, dim)
     _gather_into(out, x, dim, sizes, pg)
     return out
 
 
+def _all_gatherv_out(x, sizes, dim, group_name, *, out):
+    shapes.check_out("all_gatherv", out, x, shapes.all_gatherv_shape(x, sizes, dim))
+    return _all_gatherv_into(out, x, sizes, dim, group_name)
+
+
 def _all_gatherv(x, sizes, dim, group_name):
-    out = x.new_empty(shapes.all_gatherv_shape(x, sizes, dim))
-    return _all_gatherv_out(x, sizes, dim, group_name, out=out)
+    out = x.new_empty(_shape(shapes.all_gatherv_shape, x, tuple(sizes), dim))
+    return _all_gatherv_into(out, x, sizes, dim, group_name)
 
 
 def _scatter_reduce_into(out, x, dim, sizes, op, pg) -> None:
@@ -255,36 +330,38 @@ def _scatter_reduce_into(out, x, dim, sizes, op, pg) -> None:
     src = rows if rows is not None else x.movedim(dim, 0).contiguous()
     dst = _leading(out, dim)
     buf = dst if dst is not None else out.movedim(dim, 0).contiguous()
-    native = not (op == "avg" and dist.get_backend(pg) not in _NATIVE_AVG)
-    reduce_op = _REDUCE_OP[op] if native else dist.ReduceOp.SUM
-    if all(s == sizes[0] for s in sizes):
-        dist.reduce_scatter_tensor(buf, src, op=reduce_op, group=pg)
+    op, divide = _reduction(op, pg)
+    opts = _REDUCE_SCATTER_OPTS[op]
+    if sizes.count(sizes[0]) == len(sizes):
+        _wait(pg._reduce_scatter_base(buf, src, opts))
     else:
-        dist.reduce_scatter(buf, list(src.split(list(sizes))), op=reduce_op, group=pg)
-    if not native:
+        _wait(pg.reduce_scatter([buf], [list(src.split(list(sizes)))], opts))
+    if divide:
         buf.div_(pg.size())
     if dst is None:
         out.copy_(buf.movedim(0, dim))
 
 
-def _reduce_scatter_out(x, dim, op, group_size, group_name, *, out):
-    shape = shapes.reduce_scatter_shape(x, dim, op, group_size)
-    shapes.check_out("reduce_scatter", out, x, shape)
+def _reduce_scatter_into(out, x, dim, op, group_size, group_name) -> torch.Tensor:
     pg = _group("reduce_scatter", group_name, x)
     _check_group_size("reduce_scatter", pg, group_size, "group_size")
-    dim = shapes.normalize_dim("reduce_scatter", x, dim)
+    dim %= x.dim()
     _scatter_reduce_into(out, x, dim, [x.shape[dim] // group_size] * group_size, op, pg)
     return out
 
 
+def _reduce_scatter_out(x, dim, op, group_size, group_name, *, out):
+    shape = shapes.reduce_scatter_shape(x, dim, op, group_size)
+    shapes.check_out("reduce_scatter", out, x, shape)
+    return _reduce_scatter_into(out, x, dim, op, group_size, group_name)
+
+
 def _reduce_scatter(x, dim, op, group_size, group_name):
-    out = x.new_empty(shapes.reduce_scatter_shape(x, dim, op, group_size))
-    return _reduce_scatter_out(x, dim, op, group_size, group_name, out=out)
+    out = x.new_empty(_shape(shapes.reduce_scatter_shape, x, dim, op, group_size))
+    return _reduce_scatter_into(out, x, dim, op, group_size, group_name)
 
 
-def _reduce_scatterv_out(x, sizes, dim, op, rank, group_name, *, out):
-    shape = shapes.reduce_scatterv_shape(x, sizes, dim, op, rank)
-    shapes.check_out("reduce_scatterv", out, x, shape)
+def _reduce_scatterv_into(out, x, sizes, dim, op, rank, group_name) -> torch.Tensor:
     pg = _group("reduce_scatterv", group_name, x)
     _check_group_size("reduce_scatterv", pg, len(sizes), "len(sizes)")
     if pg.rank() != rank:
@@ -292,40 +369,45 @@ def _reduce_scatterv_out(x, sizes, dim, op, rank, group_name, *, out):
             f"compile_ops.reduce_scatterv: rank={rank} but this process is rank {pg.rank()} of the "
             "group (was the code compiled on another rank?)"
         )
-    dim = shapes.normalize_dim("reduce_scatterv", x, dim)
-    _scatter_reduce_into(out, x, dim, sizes, op, pg)
+    _scatter_reduce_into(out, x, dim % x.dim(), sizes, op, pg)
     return out
 
 
+def _reduce_scatterv_out(x, sizes, dim, op, rank, group_name, *, out):
+    shape = shapes.reduce_scatterv_shape(x, sizes, dim, op, rank)
+    shapes.check_out("reduce_scatterv", out, x, shape)
+    return _reduce_scatterv_into(out, x, sizes, dim, op, rank, group_name)
+
+
 def _reduce_scatterv(x, sizes, dim, op, rank, group_name):
-    out = x.new_empty(shapes.reduce_scatterv_shape(x, sizes, dim, op, rank))
-    return _reduce_scatterv_out(x, sizes, dim, op, rank, group_name, out=out)
+    out = x.new_empty(_shape(shapes.reduce_scatterv_shape, x, tuple(sizes), dim, op, rank))
+    return _reduce_scatterv_into(out, x, sizes, dim, op, rank, group_name)
 
 
-def _all_to_all_out(x, output_split_sizes, input_split_sizes, group_name, *, out):
-    shape = shapes.all_to_all_shape(x, output_split_sizes, input_split_sizes)
-    shapes.check_out("all_to_all", out, x, shape)
+def _all_to_all_into(out, x, output_split_sizes, input_split_sizes, group_name) -> torch.Tensor:
     pg = _group("all_to_all", group_name, x)
     _check_group_size("all_to_all", pg, len(input_split_sizes), "len(input_split_sizes)")
     src = x if x.is_contiguous() else x.contiguous()
     dst = (
         out if out.is_contiguous() else torch.empty_like(out, memory_format=torch.contiguous_format)
     )
-    dist.all_to_all_single(
-        _as_bytes_if_needed(dst),
-        _as_bytes_if_needed(src),
-        output_split_sizes=list(output_split_sizes),
-        input_split_sizes=list(input_split_sizes),
-        group=pg,
-    )
+    out_splits, in_splits = list(output_split_sizes), list(input_split_sizes)
+    _wait(pg.alltoall_base(_wire(dst), _wire(src), out_splits, in_splits, _ALL_TO_ALL_OPTS))
     if dst is not out:
         out.copy_(dst)
     return out
 
 
+def _all_to_all_out(x, output_split_sizes, input_split_sizes, group_name, *, out):
+    shape = shapes.all_to_all_shape(x, output_split_sizes, input_split_sizes)
+    shapes.check_out("all_to_all", out, x, shape)
+    return _all_to_all_into(out, x, output_split_sizes, input_split_sizes, group_name)
+
+
 def _all_to_all(x, output_split_sizes, input_split_sizes, group_name):
-    out = x.new_empty(shapes.all_to_all_shape(x, output_split_sizes, input_split_sizes))
-    return _all_to_all_out(x, output_split_sizes, input_split_sizes, group_name, out=out)
+    shape = _shape(shapes.all_to_all_shape, x, tuple(output_split_sizes), tuple(input_split_sizes))
+    out = x.new_empty(shape)
+    return _all_to_all_into(out, x, output_split_sizes, input_split_sizes, group_name)
 
 
 KERNELS = {
