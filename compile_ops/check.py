@@ -145,6 +145,14 @@ def print_table(rows: list[Row]) -> None:
             print(f"  {r.name}: {r.error}")
 
 
+def print_patches() -> None:
+    import inductor_patches
+
+    print("Inductor patches")
+    print(inductor_patches.format_status())
+    print()
+
+
 def _mark(ok: bool) -> str:
     return "ok" if ok else "FAIL"
 
@@ -174,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         rows = collective_rows(pool.run, world_size, backend)
     finally:
         pool.close()
+    print_patches()
     print_table(rows)
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(failed)}/{len(rows)} checks passed")
@@ -197,6 +206,7 @@ def _run_in_existing_world(backend: str) -> int:
     rows = collective_rows(everywhere, world_size, backend)
     failed = [r for r in rows if not r.ok]
     if dist.get_rank() == 0:
+        print_patches()
         print_table(rows)
         print(f"\n{len(rows) - len(failed)}/{len(rows)} checks passed")
     dist.destroy_process_group()
