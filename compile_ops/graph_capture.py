@@ -216,7 +216,8 @@ class CapturedGraph:
 
     Calling it copies the tensor arguments into the static buffers it was captured with (same
     shapes and dtypes required), replays on the current stream and returns the static output.
-    That output is overwritten by this graph's next replay: clone what you keep.
+    That output is overwritten by this graph's next replay, and by replays of other graphs in the
+    same pool (their intermediates may occupy its blocks): clone what you keep.
     """
 
     def __init__(self, graph: Any, args: tuple, kwargs: dict, output: Any):

@@ -59,9 +59,9 @@ def _inputs(n: int, hidden: int, device, seed: int) -> torch.Tensor:
 def replay_matches_eager(hidden: int, ffn: int, sizes: list[int], rounds: int):
     """Capture a compiled TP MLP per size, replay each ``rounds`` times on fresh inputs.
 
-    Returns per replay (size, replay output, eager output, single-device reference), whether
-    every graph's output still held its round's value after the other graphs replayed, and the
-    number of distinct memory pools the graphs use.
+    Returns per replay (size, replay output, eager output, single-device reference) and the
+    number of distinct memory pools the graphs use. Each output is read before the next replay:
+    graphs sharing a pool may overwrite each other's outputs (see docs/graph_capture.md).
     """
     torch._dynamo.reset()
     device = _device()
@@ -71,19 +71,16 @@ def replay_matches_eager(hidden: int, ffn: int, sizes: list[int], rounds: int):
     graphs = capture_sizes(
         compiled, sizes, lambda n: (_inputs(n, hidden, device, seed=-n),), groups=[None]
     )
-    replays, kept = [], True
+    replays = []
     for r in range(rounds):
-        snapshots = {}
         order = sizes[r % len(sizes) :] + sizes[: r % len(sizes)]  # interleave the graphs
         for n in order:
             x = _inputs(n, hidden, device, seed=1000 * r + n)
             out = graphs[n](x)
-            snapshots[n] = out.clone()
             with torch.no_grad():
                 replays.append((n, out.clone(), model(x), reference_mlp(x, up, down)))
-        kept &= all(torch.equal(graphs[n].output, snap) for n, snap in snapshots.items())
     pools = {graph.graph.pool() for graph in graphs.values()}
-    return {"replays": replays, "outputs_kept": kept, "pools": len(pools)}
+    return {"replays": replays, "pools": len(pools)}
 
 
 def pool_bytes(hidden: int, ffn: int, sizes: list[int]):
