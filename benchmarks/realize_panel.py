@@ -24,11 +24,12 @@ def attention(qkv: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Ten
         [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1
     )
     group = num_heads // num_kv_heads  # KV heads repeated: every SDPA backend takes it
-    q = q.reshape(tokens, num_heads, head_dim).transpose(0, 1)
-    k = k.reshape(tokens, num_kv_heads, head_dim).transpose(0, 1).repeat_interleave(group, 0)
-    v = v.reshape(tokens, num_kv_heads, head_dim).transpose(0, 1).repeat_interleave(group, 0)
+    # 4-D (batch 1) inputs, so SDPA can pick its flash kernel rather than the O(n^2) math path.
+    q = q.reshape(1, tokens, num_heads, head_dim).transpose(1, 2)
+    k = k.reshape(1, tokens, num_kv_heads, head_dim).transpose(1, 2).repeat_interleave(group, 1)
+    v = v.reshape(1, tokens, num_kv_heads, head_dim).transpose(1, 2).repeat_interleave(group, 1)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return out.transpose(0, 1).reshape(tokens, num_heads * head_dim)
+    return out.transpose(1, 2).reshape(tokens, num_heads * head_dim)
 
 
 @attention.register_fake
