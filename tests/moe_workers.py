@@ -92,10 +92,11 @@ def run_block(
     else:
         fn = block
     results = []
-    for step, counts in enumerate(steps):
-        xs = [x.to(device) for x in tokens(counts, dtype, step, config.hidden)]
-        x = mark_token_dim(xs[rank].clone()) if counter else xs[rank]
-        results.append((fn(x), _own(ref(torch.cat(xs)), counts, rank)))
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        for step, counts in enumerate(steps):
+            xs = [x.to(device) for x in tokens(counts, dtype, step, config.hidden)]
+            x = mark_token_dim(xs[rank].clone()) if counter else xs[rank]
+            results.append((fn(x), _own(ref(torch.cat(xs)), counts, rank)))
     return results, counter.frame_count if counter else 0
 
 
@@ -114,7 +115,8 @@ def run_flipped(manager: str, kind: str, counts: list[int], backend: str | None 
             torch._dynamo.reset()
             block = torch.compile(block, backend=backend, fullgraph=True)
         try:
-            outputs.append(block(xs[rank]))
+            with torch._dynamo.config.patch(capture_scalar_outputs=True):
+                outputs.append(block(xs[rank]))
         except (ReduceContractError, RuntimeError) as e:
             outputs.append(f"{type(e).__name__}: {e}")
     return outputs[0], _own(ref(torch.cat(xs)), counts, rank), outputs[1]

@@ -80,13 +80,13 @@ def test_compiled_one_graph_for_every_token_count(world, world_size, kind, manag
     ("world_size", "kind", "manager", "dtype"),
     [
         (2, "ep", "naive", torch.float32),
-        (2, "ep", "agrs", torch.float32),
+        (2, "tp", "agrs", torch.bfloat16),
         (2, "ep", "all_to_all", torch.float32),
-        (2, "tp", "all_to_all", torch.bfloat16),
     ],
     ids=str,
 )
 def test_inductor(world, world_size, kind, manager, dtype):
+    """Each manager once through Inductor's code generation (C++ compiles cost ~10 s each)."""
     steps = COMPILED_STEPS[world_size][:3]
     results = world(world_size).run(run_block, manager, kind, dtype, steps, "inductor")
     assert [frames for _, frames in results] == [1] * world_size
@@ -190,3 +190,21 @@ def test_gpu_world1_nccl_compiled(world, manager):
         )
         assert frames == 1
         _assert_matches([(results, frames)], dtype)
+
+
+# ---- compile-ops check ----------------------------------------------------------------------
+
+
+def test_check_rows_cover_the_moe_model(world):
+    from compile_ops.moe.check import check_moe_case, grid_shape, layout_kinds
+
+    assert layout_kinds(2) == ["tp", "ep"]
+    assert layout_kinds(4) == ["tp", "ep", "tp_ep"]
+    assert (grid_shape(4), grid_shape(6), grid_shape(5)) == ((2, 2), (2, 3), None)
+    for result in world(4).run(check_moe_case, "all_to_all", "tp_ep", "cpu", "aot_eager"):
+        assert result["error"] == ""
+        assert (result["eager_ok"], result["compiled_ok"], result["graph_breaks"]) == (
+            True,
+            True,
+            0,
+        )

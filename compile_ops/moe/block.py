@@ -26,10 +26,10 @@ def mark_token_dim(x: torch.Tensor) -> torch.Tensor:
 
 
 class _WeightsModule(torch.nn.Module):
-    """Holds an :class:`MoEWeights` as buffers of the same names, so ``.to()`` and torch.compile
-    see them and the module itself can be passed where the compute functions take weights."""
+    """Weights as buffers (so ``.to()`` and torch.compile see them) and the input checks."""
 
     def _hold(self, weights: MoEWeights) -> None:
+        # Same names as MoEWeights: the module itself can be passed where weights are taken.
         for f in fields(weights):
             self.register_buffer(f.name, getattr(weights, f.name))
 
@@ -97,9 +97,18 @@ class ShardedMoEBlock(_WeightsModule):
         self.manager = manager
         self.debug = debug
         self._where = describe(manager)
-        self._hold(shard)
+        gate_up, down = compute.pack_local_experts(shard.gate, shard.up, shard.down)
         experts = layout.local_experts(config.experts)
-        self.register_buffer("expert_ids", torch.arange(experts.start, experts.stop, device=device))
+        for name, t in (
+            ("router", shard.router),
+            ("expert_ids", torch.arange(experts.start, experts.stop, device=device)),
+            ("gate_up", gate_up),
+            ("down", down),
+            ("shared_gate", shard.shared_gate),
+            ("shared_up", shard.shared_up),
+            ("shared_down", shard.shared_down),
+        ):
+            self.register_buffer(name, t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -107,7 +116,7 @@ class ShardedMoEBlock(_WeightsModule):
         topk_weights, topk_ids = compute.route(x, self.router, self.config)
         d = manager.dispatch(x, topk_ids, topk_weights)
         y, mass = compute.local_experts(
-            d.x, d.topk_ids, d.topk_weights, self.expert_ids, self.gate, self.up, self.down
+            d.x, d.topk_ids, d.topk_weights, self.expert_ids, self.gate_up, self.down
         )
         if self.debug:
             y = with_mass_column(y, mass, 1.0 / self.layout.tp_size)

@@ -27,29 +27,38 @@ def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Te
     return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
 
 
+def pack_local_experts(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
+    """``gate``/``up`` ``[El, I, H]`` and ``down`` ``[El, H, I]`` as the two matrices that
+    :func:`local_experts` multiplies by: ``[El * 2I, H]`` and ``[H, El * I]``."""
+    n_local, inter, hidden = gate.shape
+    gate_up = torch.cat([gate, up], dim=1).reshape(n_local * 2 * inter, hidden)
+    return gate_up.contiguous(), down.permute(1, 0, 2).reshape(hidden, n_local * inter).contiguous()
+
+
 def local_experts(
     x: torch.Tensor,
     ids: torch.Tensor,
     weights: torch.Tensor,
     expert_ids: torch.Tensor,
-    gate: torch.Tensor,
-    up: torch.Tensor,
+    gate_up: torch.Tensor,
     down: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of ``sum_k weights[:, k] * expert[ids[:, k]](x)``, in float32.
 
-    ``expert_ids`` ``[El]`` are the global ids of the experts in ``gate``/``up``/``down`` (which may
-    be TP slices). Routes to experts held elsewhere contribute nothing here. Every row runs through
-    every local expert and the routing weight (zero where not routed) selects: no data-dependent
-    shapes, so it compiles to one graph for any routing. Also returns the routing mass this rank
+    ``expert_ids`` ``[El]`` are the global ids of the experts packed in ``gate_up``/``down`` by
+    :func:`pack_local_experts` (whole experts or TP slices). Routes to experts held elsewhere
+    contribute nothing. Every row runs through every local expert and its routing weight (zero
+    where not routed) scales the result: three matrix products, no data-dependent shapes, so one
+    compiled graph serves any routing and any row count. Also returns the routing mass this rank
     covered per row, ``[R]`` (the debug check of the reduce contract sums it).
     """
     routed = ids.unsqueeze(-1) == expert_ids  # [R, k, El]
     coef = (weights.unsqueeze(-1) * routed).sum(1)  # [R, El]
-    h = torch.einsum("rh,eih->eri", x, gate)
-    u = torch.einsum("rh,eih->eri", x, up)
-    y = torch.einsum("eri,ehi->erh", F.silu(h) * u, down)  # [El, R, H]
-    return torch.einsum("erh,re->rh", y.float(), coef), coef.sum(-1)
+    n_local = expert_ids.shape[0]
+    h = F.linear(x, gate_up).view(x.shape[0], n_local, 2, -1)  # [R, El, 2, I]
+    a = F.silu(h[:, :, 0]) * h[:, :, 1] * coef.unsqueeze(-1).to(x.dtype)  # [R, El, I]
+    y = F.linear(a.reshape(x.shape[0], -1), down)
+    return y.float(), coef.sum(-1)
 
 
 def reference_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w) -> torch.Tensor:

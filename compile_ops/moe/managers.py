@@ -47,6 +47,9 @@ def _unpack_routing(x: torch.Tensor, routing: torch.Tensor, state=()) -> Dispatc
 
 
 class All2AllManager(torch.nn.Module):
+    """Base of the managers: binds the layout's group; subclasses state ``name`` and
+    ``output_is_reduced`` and implement ``dispatch``/``combine`` (and ``home_rows`` if needed)."""
+
     name: ClassVar[str]
     output_is_reduced: ClassVar[bool]
 
