@@ -177,9 +177,12 @@ def run(args: argparse.Namespace) -> int:
         )
     from .testing.pool import WorkerPool
 
+    from .moe.check import moe_rows
+
     pool = WorkerPool(world_size, backend).start()
     try:
         rows = collective_rows(pool.run, world_size, backend)
+        rows += moe_rows(pool.run, world_size, backend)
     finally:
         pool.close()
     print_patches()
@@ -203,7 +206,10 @@ def _run_in_existing_world(backend: str) -> int:
         dist.all_gather_object(gathered, fn(*a))
         return gathered
 
+    from .moe.check import moe_rows
+
     rows = collective_rows(everywhere, world_size, backend)
+    rows += moe_rows(everywhere, world_size, backend)
     failed = [r for r in rows if not r.ok]
     if dist.get_rank() == 0:
         print_patches()

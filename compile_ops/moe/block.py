@@ -1,0 +1,130 @@
+"""The MoE block: a single-device reference and the same block sharded over a group."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from . import compute
+from .config import MoEConfig
+from .contract import describe, strip_and_verify, with_mass_column
+from .layout import Layout
+from .managers import All2AllManager, make_manager
+from .weights import MoEWeights
+
+
+def mark_token_dim(x: torch.Tensor) -> torch.Tensor:
+    """Mark dim 0 (tokens) of a compiled MoE input unbacked: one graph then serves every count.
+
+    A backed dynamic dim would be specialised by Dynamo at 0 and 1 (a recompile for a batch of
+    one token); an unbacked one never is. The other ranks' counts and the all_to_all splits are
+    unbacked anyway (they are data), so nothing about token counts ends up in a guard.
+    """
+    torch._dynamo.decorators.mark_unbacked(x, 0)
+    return x
+
+
+class _WeightsModule(torch.nn.Module):
+    """Weights as buffers (so ``.to()`` and torch.compile see them) and the input checks."""
+
+    def _hold(self, weights: MoEWeights) -> None:
+        # Same names as MoEWeights: the module itself can be passed where weights are taken.
+        for f in fields(weights):
+            self.register_buffer(f.name, getattr(weights, f.name))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        hidden = self.config.hidden
+        if x.dim() != 2 or x.shape[-1] != hidden:
+            raise ValueError(
+                f"compile_ops.moe: x has shape {tuple(x.shape)} but the block takes "
+                f"[tokens, hidden={hidden}]"
+            )
+        if x.dtype != self.router.dtype:
+            raise ValueError(
+                f"compile_ops.moe: x.dtype={x.dtype} but the block's weights are "
+                f"{self.router.dtype}"
+            )
+
+
+class MoEBlock(_WeightsModule):
+    """The whole block on one device, computed expert by expert (the reference)."""
+
+    def __init__(self, config: MoEConfig, weights: MoEWeights) -> None:
+        super().__init__()
+        weights.check(config)
+        self.config = config
+        self._hold(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        topk_weights, topk_ids = compute.route(x, self.router, self.config)
+        out = compute.reference_experts(x, topk_ids, topk_weights, self).to(x.dtype)
+        shared = compute.shared_expert(x, self)
+        return out if shared is None else out + shared
+
+
+class ShardedMoEBlock(_WeightsModule):
+    """The block over a group: this rank holds its ``layout`` shard of the experts and a manager
+    moves tokens to the shards and outputs back.
+
+    The routed outputs are reduced exactly once: by ``combine`` if the manager states
+    ``output_is_reduced``, else here. ``debug=True`` checks that at run time (see contract.py).
+    The router and the shared expert are whole on every rank; the shared expert runs on this
+    rank's own tokens and needs no communication.
+    """
+
+    def __init__(
+        self,
+        config: MoEConfig,
+        weights: MoEWeights,
+        layout: Layout,
+        manager: str | All2AllManager = "agrs",
+        debug: bool = False,
+    ) -> None:
+        super().__init__()
+        shard = weights.shard(config, layout)
+        device = weights.router.device
+        if isinstance(manager, str):
+            manager = make_manager(manager, layout, config.experts, device)
+        elif manager.layout != layout:
+            raise ValueError(
+                f"compile_ops.moe: the manager was built for layout {manager.layout} on group "
+                f"{manager.layout.group!r}, the block for {layout} on {layout.group!r}"
+            )
+        self.config = config
+        self.layout = layout
+        self.manager = manager
+        self.debug = debug
+        self._where = describe(manager)
+        gate_up, down = compute.pack_local_experts(shard.gate, shard.up, shard.down)
+        experts = layout.local_experts(config.experts)
+        for name, t in (
+            ("router", shard.router),
+            ("expert_ids", torch.arange(experts.start, experts.stop, device=device)),
+            ("gate_up", gate_up),
+            ("down", down),
+            ("shared_gate", shard.shared_gate),
+            ("shared_up", shard.shared_up),
+            ("shared_down", shard.shared_down),
+        ):
+            self.register_buffer(name, t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        manager = self.manager
+        topk_weights, topk_ids = compute.route(x, self.router, self.config)
+        d = manager.dispatch(x, topk_ids, topk_weights)
+        y, mass = compute.local_experts(
+            d.x, d.topk_ids, d.topk_weights, self.expert_ids, self.gate_up, self.down
+        )
+        if self.debug:
+            y = with_mass_column(y, mass, 1.0 / self.layout.tp_size)
+        out = manager.combine(y.to(x.dtype), d)
+        if not manager.output_is_reduced:
+            out = manager.comm.all_reduce(out)
+        out = manager.home_rows(out, d)
+        if self.debug:
+            out = strip_and_verify(out, topk_weights.sum(-1), manager, self._where)
+        shared = compute.shared_expert(x, self)
+        return out if shared is None else out + shared

@@ -1,0 +1,194 @@
+"""All2all managers: move tokens to the ranks that hold their experts, and the outputs back.
+
+One interface for every manager::
+
+    d = manager.dispatch(x, topk_ids, topk_weights)   # this rank's expert inputs (+ routing)
+    y = <this rank's experts on d.x>                   # partial: only this rank's expert shards
+    out = manager.combine(y, d)
+    if not manager.output_is_reduced:                  # the block reduces, exactly once
+        out = all_reduce(out, group=manager's group)
+    out = manager.home_rows(out, d)                    # this rank's tokens
+
+``output_is_reduced`` is a class-level statement that every manager must make (a class without
+it cannot be defined): does ``combine`` already add up the partial outputs of all ranks? If a
+manager says False but did reduce, the block reduces twice (outputs ``n``-fold too large); if it
+says True but did not, the sum is missing. The block's debug mode detects both at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from .comm import GroupComm
+from .layout import Layout
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What a rank's experts work on: rows ``x`` with their top-k ids and weights."""
+
+    x: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+    state: tuple[Any, ...] = ()
+
+
+def _pack_routing(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # One tensor, one collective; expert ids are exact in float32 (< 2**24).
+    return torch.cat([ids.to(torch.float32), weights.to(torch.float32)], dim=-1)
+
+
+def _unpack_routing(x: torch.Tensor, routing: torch.Tensor, state=()) -> Dispatched:
+    k = routing.shape[-1] // 2
+    return Dispatched(x, routing[:, :k].to(torch.int64), routing[:, k:], tuple(state))
+
+
+class All2AllManager(torch.nn.Module):
+    """Base of the managers: binds the layout's group; subclasses state ``name`` and
+    ``output_is_reduced`` and implement ``dispatch``/``combine`` (and ``home_rows`` if needed)."""
+
+    name: ClassVar[str]
+    output_is_reduced: ClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not isinstance(getattr(cls, "output_is_reduced", None), bool):
+            raise TypeError(
+                f"{cls.__name__} must state output_is_reduced (True if combine() returns outputs "
+                "already summed over the group, False if the block must reduce them)"
+            )
+        if not isinstance(getattr(cls, "name", None), str):
+            raise TypeError(f"{cls.__name__} must have a name")
+
+    def __init__(self, layout: Layout, experts: int, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        layout.check_experts(experts)
+        self.layout = layout
+        self.comm = GroupComm(layout.group, f"moe.{type(self).__name__}")
+        self.comm.check_device(torch.device(device))
+
+    def dispatch(
+        self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
+    ) -> Dispatched:
+        raise NotImplementedError
+
+    def combine(self, y: torch.Tensor, d: Dispatched) -> torch.Tensor:
+        raise NotImplementedError
+
+    def home_rows(self, out: torch.Tensor, d: Dispatched) -> torch.Tensor:
+        """This rank's token rows of the (by now reduced) combine output."""
+        return out
+
+    def extra_repr(self) -> str:
+        reduced = self.output_is_reduced
+        return f"group={self.comm.group!r}, layout={self.layout}, output_is_reduced={reduced}"
+
+
+class NaiveManager(All2AllManager):
+    """all_gather every token to every rank (padded to the longest rank). ``combine`` returns
+    the partial outputs of all tokens unreduced; the block all_reduces them; each rank keeps its
+    own rows."""
+
+    name = "naive"
+    output_is_reduced = False
+
+    def dispatch(self, x, topk_ids, topk_weights):
+        n_tokens = x.shape[0]
+        sizes = self.comm.token_counts(n_tokens, x.device)
+        longest = sizes[0]
+        for s in sizes[1:]:
+            longest = torch.sym_max(longest, s)
+        torch._check(longest >= n_tokens)
+        pad = longest - n_tokens
+        x = torch.cat([x, x.new_zeros((pad, x.shape[1]))])
+        routing = _pack_routing(topk_ids, topk_weights)
+        # Padding rows have weight 0: they reach no expert.
+        routing = torch.cat([routing, routing.new_zeros((pad, routing.shape[1]))])
+        return _unpack_routing(
+            self.comm.all_gather(x), self.comm.all_gather(routing), (longest, n_tokens)
+        )
+
+    def combine(self, y, d):
+        return y
+
+    def home_rows(self, out, d):
+        longest, n_tokens = d.state
+        return out.narrow(0, self.comm.rank * longest, n_tokens)
+
+
+class AgRsManager(All2AllManager):
+    """all_gatherv the tokens (counts may differ per rank), reduce_scatterv the outputs back."""
+
+    name = "agrs"
+    output_is_reduced = True
+
+    def dispatch(self, x, topk_ids, topk_weights):
+        sizes = self.comm.token_counts(x.shape[0], x.device)
+        routing = _pack_routing(topk_ids, topk_weights)
+        return _unpack_routing(
+            self.comm.all_gatherv(x, sizes), self.comm.all_gatherv(routing, sizes), (sizes,)
+        )
+
+    def combine(self, y, d):
+        (sizes,) = d.state
+        return self.comm.reduce_scatterv(y, sizes)
+
+
+class AllToAllManager(All2AllManager):
+    """Each token goes once to every rank that holds a shard of one of its experts (splits come
+    from the routing), and the partial outputs come back the same way and are summed per token."""
+
+    name = "all_to_all"
+    output_is_reduced = True
+
+    def __init__(self, layout: Layout, experts: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(layout, experts, device)
+        self.register_buffer("owners", layout.owners(experts).to(device), persistent=False)
+
+    def dispatch(self, x, topk_ids, topk_weights):
+        n, n_tokens = self.comm.size, x.shape[0]
+        wanted = self.owners[topk_ids].any(dim=1)  # [T, n]: rank r gets token t
+        send_counts = wanted.sum(0)
+        recv_counts = self.comm.exchange_counts(send_counts)
+        counts = torch.cat([send_counts, recv_counts]).tolist()
+        for c in counts:
+            torch._check(c >= 0)
+        send, recv = counts[:n], counts[n:]
+        total = sum(send)
+        torch._check(total <= n * n_tokens)
+        # (rank, token) pairs in rank-major order, the wanted ones first: rank r's rows are
+        # contiguous and come before rank r+1's, as all_to_all expects.
+        skipped = (~wanted).t().reshape(-1).to(torch.int8)
+        order = torch.argsort(skipped, stable=True).narrow(0, 0, total)
+        token = order % n_tokens
+        routing = _pack_routing(topk_ids, topk_weights)
+        return _unpack_routing(
+            self.comm.all_to_all(x[token], recv, send),
+            self.comm.all_to_all(routing[token], recv, send),
+            (send, recv, token, n_tokens),
+        )
+
+    def combine(self, y, d):
+        send, recv, token, n_tokens = d.state
+        back = self.comm.all_to_all(y, send, recv)
+        out = torch.zeros((n_tokens, y.shape[1]), dtype=torch.float32, device=y.device)
+        return out.index_add(0, token, back.float()).to(y.dtype)
+
+
+MANAGERS: dict[str, type[All2AllManager]] = {
+    m.name: m for m in (NaiveManager, AgRsManager, AllToAllManager)
+}
+
+
+def make_manager(
+    name: str, layout: Layout, experts: int, device: torch.device | str = "cpu"
+) -> All2AllManager:
+    """The manager called ``name`` for ``layout``; an unknown name raises (no fallback)."""
+    if name not in MANAGERS:
+        raise ValueError(
+            f"compile_ops.moe: unknown manager {name!r}; choose one of {sorted(MANAGERS)}"
+        )
+    return MANAGERS[name](layout, experts, device)
