@@ -175,9 +175,8 @@ def run(args: argparse.Namespace) -> int:
             f"compile-ops check: {backend} needs one device per rank; {world_size} ranks but "
             f"{torch.accelerator.device_count()} devices (use --world-size or --backend gloo)"
         )
-    from .testing.pool import WorkerPool
-
     from .moe.check import moe_rows
+    from .testing.pool import WorkerPool
 
     pool = WorkerPool(world_size, backend).start()
     try:
