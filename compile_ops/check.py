@@ -34,6 +34,21 @@ class Row:
     seconds: float
     error: str = ""
 
+    @classmethod
+    def from_ranks(cls, section: str, name: str, world_size: int, backend: str, per_rank) -> Row:
+        """One row from every rank's result dict: ok only where every rank is ok."""
+        return cls(
+            section,
+            name,
+            world_size,
+            backend,
+            eager_ok=all(r["eager_ok"] for r in per_rank),
+            compiled_ok=all(r["compiled_ok"] for r in per_rank),
+            graph_breaks=max(r["graph_breaks"] for r in per_rank),
+            seconds=max(r["seconds"] for r in per_rank),
+            error="; ".join(sorted({r["error"] for r in per_rank if r["error"]})),
+        )
+
     @property
     def ok(self) -> bool:
         return self.eager_ok and self.compiled_ok and self.graph_breaks == 0 and not self.error
@@ -106,19 +121,7 @@ def collective_rows(run: Runner, world_size: int, backend: str) -> list[Row]:
     for case in standard_cases(world_size):
         case = case.with_(device=device)
         per_rank = run(check_case, case)
-        rows.append(
-            Row(
-                "collectives",
-                str(case),
-                world_size,
-                backend,
-                eager_ok=all(r["eager_ok"] for r in per_rank),
-                compiled_ok=all(r["compiled_ok"] for r in per_rank),
-                graph_breaks=max(r["graph_breaks"] for r in per_rank),
-                seconds=max(r["seconds"] for r in per_rank),
-                error="; ".join(sorted({r["error"] for r in per_rank if r["error"]})),
-            )
-        )
+        rows.append(Row.from_ranks("collectives", str(case), world_size, backend, per_rank))
     return rows
 
 

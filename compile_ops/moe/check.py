@@ -105,17 +105,5 @@ def moe_rows(
         label = kind if kind != "tp_ep" else "tp{}xep{}".format(*grid_shape(world_size))
         for manager in MANAGERS:
             per_rank = run(check_moe_case, manager, kind, device, compile_backend)
-            rows.append(
-                Row(
-                    "moe",
-                    f"{manager}/{label}",
-                    world_size,
-                    backend,
-                    eager_ok=all(r["eager_ok"] for r in per_rank),
-                    compiled_ok=all(r["compiled_ok"] for r in per_rank),
-                    graph_breaks=max(r["graph_breaks"] for r in per_rank),
-                    seconds=max(r["seconds"] for r in per_rank),
-                    error="; ".join(sorted({r["error"] for r in per_rank if r["error"]})),
-                )
-            )
+            rows.append(Row.from_ranks("moe", f"{manager}/{label}", world_size, backend, per_rank))
     return rows
