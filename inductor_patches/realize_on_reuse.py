@@ -288,8 +288,9 @@ PATCH = register(
         ),
         default=ON_BY_DEFAULT,
         default_reason=(
-            "waits for the H100 benchmark to show it is never slower (docs/patches.md); "
-            "COMPILE_OPS_PATCHES=+realize_on_reuse turns it on"
+            "on an H100 it stores every residual (norm time = split compilation's) but gains "
+            "only 0.2% end to end at 32 layers x 8192 tokens, under the 1.5% bar "
+            "(docs/benchmarks.md); COMPILE_OPS_PATCHES=+realize_on_reuse turns it on"
         ),
     )
 )

@@ -325,6 +325,9 @@ def _pairs(got, want):
 
 # bf16 outputs of magnitude up to ~5: two units in the last place are 0.0625.
 BF16_2ULP = {"atol": 7e-2, "rtol": 5e-2}
+# Rounding differences between eager (bf16 after every op) and compiled kernels (fp32 inside a
+# kernel) add up over depth: 32 layers get twice the 8-layer bound.
+BF16_4ULP = {"atol": 1.4e-1, "rtol": 1e-1}
 
 
 @needs_patched_torch
@@ -435,7 +438,7 @@ def test_32_layer_stack_stores_each_residual_once(patched):
     ):
         module, (x,) = case.module(sizes), case.inputs(sizes, TOKENS)
         out, codes = run_and_get_code(torch.compile(module, fullgraph=True), x)
-        torch.testing.assert_close(out, module(x), **BF16_2ULP)
+        torch.testing.assert_close(out, module(x), **BF16_4ULP)
     loads = realize_codegen.norm_loads(codes)
     assert len(loads) == 65 and max(loads) == 3
     assert decisions.counts()["narrow_copy:realize"] == 63
