@@ -284,6 +284,7 @@ def _moe_step(ops):
 
 def test_compiled_fullgraph_moe_step_only_after_registration(ipex_like):
     step = _moe_step(ipex_like.ops)
+    torch.manual_seed(0)
     args = (
         torch.randn(TOKENS, K, dtype=torch.bfloat16),
         _weights(K, K),
@@ -302,5 +303,10 @@ def test_compiled_fullgraph_moe_step_only_after_registration(ipex_like):
 
     torch._dynamo.reset()
     # Inductor computes silu(up) * up in fp32 and rounds once; eager rounds each op to bf16.
+    # Those roundings add up across the down projection's sum, so an output element can be off
+    # by a few bf16 steps of the largest output, whatever its own size: the bound is 2 such steps
+    # (60 seeds tried: at most 1.2).
     compiled = torch.compile(step, fullgraph=True)(*args)
-    torch.testing.assert_close(compiled, step(*args), atol=2e-2, rtol=2e-2)
+    eager = step(*args)
+    scale = eager.abs().max().item()
+    torch.testing.assert_close(compiled, eager, atol=2 * 2**-7 * scale, rtol=0)
