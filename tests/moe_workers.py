@@ -51,7 +51,7 @@ def _own(t: torch.Tensor, counts: list[int], rank: int) -> torch.Tensor:
 
 
 def flipped(name: str) -> type:
-    """The manager ``name`` with its reduce statement inverted (the seed-001 bug)."""
+    """The manager ``name`` with its reduce statement inverted (a double or missing reduce)."""
     base = MANAGERS[name]
     return type(
         f"Flipped{base.__name__}", (base,), {"output_is_reduced": not base.output_is_reduced}

@@ -13,7 +13,7 @@ _installed: list[torch.library.Library] = []
 
 
 def _returns_input(x, op, group_name):
-    dist.all_reduce(x)  # reduces the caller's tensor in place and hands it back (seed 000)
+    dist.all_reduce(x)  # reduces the caller's tensor in place and hands it back
     return x
 
 

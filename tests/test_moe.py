@@ -93,7 +93,7 @@ def test_inductor(world, world_size, kind, manager, dtype):
     _assert_matches(results, dtype)
 
 
-# ---- the reduce contract (seed 001) ---------------------------------------------------------
+# ---- the reduce contract -------------------------------------------------------------------
 
 
 def test_managers_state_whether_combine_reduces():
@@ -136,7 +136,7 @@ def _dotted(node: ast.AST) -> str:
 
 def test_every_collective_names_its_group():
     """MoE code reaches collectives only through GroupComm (``*.comm.<op>``), and GroupComm
-    (comm.py) passes group= on every call: the seed-004 bug class cannot come back silently."""
+    (comm.py) passes group= on every call: a collective that silently runs on the default group cannot come back."""
     package = pathlib.Path(moe.__file__).parent
     collectives = {
         "all_reduce", "all_gather", "all_gatherv", "reduce_scatter", "reduce_scatterv",

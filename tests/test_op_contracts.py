@@ -32,21 +32,21 @@ def test_out_of_place_ops_never_return_their_input(world, op):
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("op", ["all_reduce", "broadcast"])
-def test_seed000_result_never_aliases_input(world, op, compiled):
-    for pairs in world(2).run(workers.seed000_pattern, op, compiled):
+def test_result_never_aliases_input(world, op, compiled):
+    for pairs in world(2).run(workers.aliasing_pattern, op, compiled):
         for got, want in pairs:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_seed000_check_catches_an_aliasing_op(world, compiled):
+def test_alias_check_catches_an_aliasing_op(world, compiled):
     """The same programs with an op that reduces in place and returns its input must go wrong.
 
     Compiled, torch's own aliasing check may reject the op first (it runs on some compilations,
     not all); either way the bug does not pass unnoticed.
     """
     try:
-        results = world(2).run(workers.seed000_pattern, "buggy", compiled)
+        results = world(2).run(workers.aliasing_pattern, "buggy", compiled)
     except WorkerError as e:
         assert compiled and "may not alias any inputs" in str(e), e
         return

@@ -79,13 +79,13 @@ def opcheck_all(device: str = "cpu"):
     return results
 
 
-# --- seed 000: an out-of-place op must never hand back its input ---------------------------------
+# --- an out-of-place op must never hand back its input --------------------------------------------
 
 _buggy_lib = None
 
 
 def define_aliasing_all_reduce():
-    """The seed-000 bug on purpose: reduce in place, return the input from a functional schema."""
+    """The aliased-result bug on purpose: reduce in place, return the input from a functional schema."""
     global _buggy_lib
     if _buggy_lib is None:
         _buggy_lib = torch.library.Library("compile_ops_buggy", "DEF")
@@ -102,12 +102,12 @@ def define_aliasing_all_reduce():
     return torch.ops.compile_ops_buggy.all_reduce.default
 
 
-def seed000_pattern(op_name: str, compiled: bool):
+def aliasing_pattern(op_name: str, compiled: bool):
     """Two programs that expose an op returning (an alias of) its input; returns (got, want) pairs.
 
     * the input is read again after the op: an in-place op changes what later code sees (eager);
     * the input is dead after the op: Inductor hands its buffer to a later intermediate, which then
-      overwrites the result that aliases it (compiled; the all-zeros seed-000 failure).
+      overwrites the result that aliases it (compiled: the result reads as all zeros).
     """
     rank, n = dist.get_rank(), dist.get_world_size()
     group = dist.group.WORLD.group_name
