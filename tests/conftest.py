@@ -29,3 +29,19 @@ def _seeded():
 def world():
     """``world(n)`` -> the shared gloo pool of n ranks (started once per session)."""
     return lambda n, backend="gloo": get_pool(n, backend)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many examples each fuzz test drew (recorded by tests/test_fuzz.py)."""
+    reports = terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+    counts = [
+        (r.nodeid, value)
+        for r in reports
+        if r.when == "call"
+        for key, value in r.user_properties
+        if key == "examples"
+    ]
+    if counts:
+        terminalreporter.write_sep("-", f"fuzz examples: {sum(v for _, v in counts)} in all")
+        for nodeid, value in counts:
+            terminalreporter.write_line(f"{value:6d}  {nodeid}")

@@ -33,14 +33,25 @@ def fuzz_settings(max_examples):
     )
 
 
+def run_counted(check, ran: list, wanted: int, record_property) -> None:
+    """Run a hypothesis check whose body appends to ``ran``; fail if it drew fewer examples than
+    the profile promises (a strategy whose space ran dry would otherwise pass quietly)."""
+    check()
+    record_property("examples", len(ran))
+    assert len(ran) >= wanted, f"hypothesis ran {len(ran)} examples, the profile promises {wanted}"
+
+
 @pytest.mark.parametrize("op", OPS)
-def test_every_op_matches_reference(op):
+def test_every_op_matches_reference(op, record_property):
+    ran = []
+
     @fuzz_settings(PER_OP)
     @given(
         case=cases(op),
         compile_it=st.just(True) if LONG else st.sampled_from([True, False, False, False]),
     )
     def check(case, compile_it):
+        ran.append(1)
         inputs = [(case.input(r),) for r in range(case.world_size)]
         assert_compiled_matches_eager(
             case,
@@ -52,13 +63,16 @@ def test_every_op_matches_reference(op):
             reproducer=f"compile_ops.testing.cases.{case!r}",
         )
 
-    check()
+    run_counted(check, ran, PER_OP, record_property)
 
 
-def test_programs_match_reference():
+def test_programs_match_reference(record_property):
+    ran = []
+
     @fuzz_settings(PROGRAMS)
     @given(program=programs(), dynamic=st.booleans())
     def check(program, dynamic):
+        ran.append(1)
         assert_compiled_matches_eager(
             program.function(),
             [program.inputs(r) for r in range(program.world_size)],
@@ -68,4 +82,4 @@ def test_programs_match_reference():
             reproducer=program.source(),
         )
 
-    check()
+    run_counted(check, ran, PROGRAMS, record_property)
