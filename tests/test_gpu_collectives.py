@@ -7,7 +7,7 @@ from conftest import requires_gpu
 
 from compile_ops.testing.cases import OPS, Case, run_case
 
-pytestmark = requires_gpu
+pytestmark = [requires_gpu, pytest.mark.gpu]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

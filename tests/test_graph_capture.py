@@ -131,6 +131,7 @@ def test_replay_of_plain_tensor_arguments_checks_them_too():
 
 
 @requires_gpu
+@pytest.mark.gpu
 def test_capture_runs_on_a_side_stream_it_hands_out(world):
     (result,) = world(1, "nccl").run(stream_and_status)
     assert result["side_stream"] and result["inside"] and result["restored"]
@@ -142,6 +143,7 @@ def test_capture_runs_on_a_side_stream_it_hands_out(world):
 
 
 @requires_gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "world_size",
     [
@@ -167,6 +169,7 @@ def test_compiled_tp_mlp_replays_match_eager(world, world_size):
 
 
 @requires_gpu
+@pytest.mark.gpu
 def test_sizes_share_one_pool(world):
     ((shared, separate),) = world(1, "nccl").run(pool_bytes, HIDDEN, FFN, SIZES)
     assert 0 < shared < separate, f"shared pool {shared} B, a pool per size {separate} B"
