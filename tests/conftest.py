@@ -13,6 +13,15 @@ requires_gpu = pytest.mark.skipif(
 )
 
 
+def gpu_worlds(*sizes: int) -> list:
+    """World sizes for NCCL tests, one GPU per rank; each skips where fewer GPUs are present."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [
+        pytest.param(n, id=f"w{n}", marks=pytest.mark.skipif(count < n, reason=f"needs {n} GPUs"))
+        for n in sizes
+    ]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_pools():
     yield

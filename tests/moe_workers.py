@@ -122,10 +122,10 @@ def run_flipped(manager: str, kind: str, counts: list[int], backend: str | None 
     return outputs[0], _own(ref(torch.cat(xs)), counts, rank), outputs[1]
 
 
-def run_block_on_accelerator(manager: str, dtype: torch.dtype, steps: list[list[int]]):
-    """World 1 on the accelerator of this rank, compiled with Inductor."""
+def run_block_on_accelerator(manager: str, kind: str, dtype: torch.dtype, steps: list[list[int]]):
+    """The block on this rank's accelerator, compiled with Inductor."""
     device = torch.accelerator.current_accelerator().type
-    return run_block(manager, "ep", dtype, steps, "inductor", True, CONFIG, device)
+    return run_block(manager, kind, dtype, steps, "inductor", True, CONFIG, device)
 
 
 def raises(fn, *args):

@@ -1,27 +1,31 @@
-"""The collective suite on one GPU over NCCL (world 1). Skipped where no GPU is present."""
+"""The collective suite over NCCL, one GPU per rank: world 1, and world 2 where two GPUs are
+present. Skipped where no GPU is present."""
 
 import pytest
 import torch
 import workers
-from conftest import requires_gpu
+from conftest import gpu_worlds, requires_gpu
 
 from compile_ops.testing.cases import OPS, Case, run_case
 
 pytestmark = [requires_gpu, pytest.mark.gpu]
 
 
+@pytest.mark.parametrize("world_size", gpu_worlds(1, 2))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("op", OPS)
-def test_nccl_eager_and_compiled_match_reference(world, op, dtype):
-    case = Case(op, 1, dtype=dtype, device="cuda", uneven=op in ("all_gatherv", "all_to_all"))
+def test_nccl_eager_and_compiled_match_reference(world, op, dtype, world_size):
+    uneven = op in ("all_gatherv", "reduce_scatterv", "all_to_all")
+    case = Case(op, world_size, dtype=dtype, device="cuda", uneven=uneven)
     modes = ("eager", "compiled", "dynamic")
-    (result,) = world(1, "nccl").run(run_case, case, modes)
-    (want,) = case.expected()
-    assert result["input_intact"]
-    for mode in modes:
-        torch.testing.assert_close(result[mode], want)
-        if mode != "eager":
-            assert result[f"{mode}_frames"] == 1
+    results = world(world_size, "nccl").run(run_case, case, modes)
+    for rank, (result, want) in enumerate(zip(results, case.expected(), strict=True)):
+        assert result["input_intact"], f"rank {rank}: the op changed its input"
+        for mode in modes:
+            where = f"rank {rank} {mode}"
+            torch.testing.assert_close(result[mode], want, msg=lambda m, w=where: f"{w}: {m}")
+            if mode != "eager":
+                assert result[f"{mode}_frames"] == 1, f"rank {rank} {mode}: graph breaks"
 
 
 def test_nccl_opcheck(world):

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 import torch
-from conftest import requires_gpu
+from conftest import gpu_worlds, requires_gpu
 from moe_workers import SIGMOID, bad_inputs, run_block, run_block_on_accelerator, run_flipped
 
 from compile_ops import moe
@@ -187,19 +187,23 @@ def test_bad_input_raises_clear_errors(world):
         assert text in errors[what][1], f"{what}: {errors[what]}"
 
 
-# ---- GPU: one GPU, world 1, NCCL ------------------------------------------------------------
+# ---- GPU: NCCL, one GPU per rank (world 1; world 2 where two GPUs are present) ----------------
+
+GPU_STEPS = {1: [[1], [7], [512], [33]], 2: COMPILED_STEPS[2]}
 
 
 @requires_gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("world_size", gpu_worlds(1, 2))
+@pytest.mark.parametrize("kind", ["tp", "ep"])
 @pytest.mark.parametrize("manager", list(MANAGERS))
-def test_gpu_world1_nccl_compiled(world, manager):
+def test_gpu_nccl_compiled(world, manager, kind, world_size):
     for dtype in (torch.float32, torch.bfloat16):
-        ((results, frames),) = world(1, "nccl").run(
-            run_block_on_accelerator, manager, dtype, [[1], [7], [512], [33]]
+        results = world(world_size, "nccl").run(
+            run_block_on_accelerator, manager, kind, dtype, GPU_STEPS[world_size]
         )
-        assert frames == 1
-        _assert_matches([(results, frames)], dtype)
+        assert [frames for _, frames in results] == [1] * world_size, "graph breaks or recompiles"
+        _assert_matches(results, dtype)
 
 
 # ---- compile-ops check ----------------------------------------------------------------------
