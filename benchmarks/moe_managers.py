@@ -2,6 +2,8 @@
 
     python3 benchmarks/moe_managers.py                 # CPU: gloo, 4 spawned ranks
     python3 benchmarks/moe_managers.py --device gpu    # one GPU: NCCL, world 1
+    python3 benchmarks/moe_managers.py --device gpu -n 2 --tokens 4096 --hidden 4096 \
+        --intermediate 14336 --experts 8 --top-k 2          # two GPUs, Mixtral-like sizes
 
 CPU mode times, per layout and manager, the token movement alone (dispatch, combine and the
 block's reduce, with the experts replaced by the identity) and the whole block, eagerly, with the
@@ -189,14 +191,22 @@ def _gpu(args) -> tuple[list[dict], list[str]]:
     if not torch.accelerator.is_available():
         raise SystemExit("--device gpu: no accelerator found")
     backend = {"cuda": "nccl", "xpu": "xccl"}[torch.accelerator.current_accelerator().type]
+    n = args.world_size
+    if n > torch.accelerator.device_count():
+        raise SystemExit(f"-n {n}: only {torch.accelerator.device_count()} devices (one per rank)")
     config = MoEConfig(
-        hidden=2048, intermediate=1024, experts=16, top_k=4, shared_intermediate=1024
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        experts=args.experts,
+        top_k=args.top_k,
+        shared_intermediate=args.shared_intermediate,
     )
-    tokens, reps = (256, 5) if args.quick else (2048, 30)
-    pool = WorkerPool(1, backend).start()
+    tokens, reps = (256, 5) if args.quick else (args.tokens, 30)
+    kinds = ["ep"] if n == 1 else ["tp", "ep"]
+    pool = WorkerPool(n, backend).start()
     results, lines = [], []
     try:
-        checks = moe_rows(pool.run, 1, backend)
+        checks = moe_rows(pool.run, n, backend)
         for r in checks:
             results.append(
                 {
@@ -209,19 +219,23 @@ def _gpu(args) -> tuple[list[dict], list[str]]:
                 }
             )
         print_table(checks)
-        for compiled in (False, True):
-            per_rank = pool.run(time_managers, "ep", config, tokens, torch.bfloat16, reps, compiled)
-            results += _rows("ep", per_rank, 1, config, 2, backend, tokens, compiled)
+        for kind in kinds:
+            for compiled in (False, True):
+                per_rank = pool.run(
+                    time_managers, kind, config, tokens, torch.bfloat16, reps, compiled
+                )
+                results += _rows(kind, per_rank, n, config, 2, backend, tokens, compiled)
     finally:
         pool.close()
     failed = [r.name for r in checks if not r.ok]
     lines.append(
-        f"MoE model check (world 1, {backend}, eager + Inductor vs reference): "
+        f"MoE model check (world {n}, {backend}, eager + Inductor vs reference): "
         f"{len(checks) - len(failed)}/{len(checks)} ok" + (f"; FAILED {failed}" if failed else "")
     )
     lines.append(
-        f"timing: world 1 ({backend}), {tokens} tokens, hidden {config.hidden}, bfloat16, "
-        f"{config.experts} experts, top-{config.top_k}"
+        f"timing: world {n} ({backend}), {tokens} tokens per rank, hidden {config.hidden}, "
+        f"intermediate {config.intermediate}, bfloat16, {config.experts} experts, "
+        f"top-{config.top_k}"
     )
     return results, lines
 
@@ -230,6 +244,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    gpu = parser.add_argument_group("--device gpu")
+    gpu.add_argument("--world-size", "-n", type=int, default=1, help="ranks, one device each")
+    gpu.add_argument("--tokens", type=int, default=2048, help="tokens per rank")
+    gpu.add_argument("--hidden", type=int, default=2048)
+    gpu.add_argument("--intermediate", type=int, default=1024)
+    gpu.add_argument("--shared-intermediate", type=int, default=1024, help="0: no shared expert")
+    gpu.add_argument("--experts", type=int, default=16)
+    gpu.add_argument("--top-k", type=int, default=4)
     args = parser.parse_args(argv)
     results, lines = _gpu(args) if args.device == "gpu" else _cpu(args)
     if os.environ.get("OUT"):

@@ -531,7 +531,7 @@ def run_rank(config: Config) -> Result:
 
 
 def size_label(nbytes: int) -> str:
-    for unit, scale in (("MiB", MIB), ("KiB", KIB)):
+    for unit, scale in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", KIB)):
         if nbytes >= scale:
             return f"{nbytes // scale} {unit}"
     return f"{nbytes} B"
@@ -571,6 +571,39 @@ def latency_table(rows: list[dict[str, Any]]) -> str:
         cells = [
             _cell(g[v], None if v == "raw" else g.get("raw")) if v in g else "-" for v in variants
         ]
+        body.append([op, dtype, size_label(nbytes), *cells])
+    header = ["op", "dtype", "size", *(VARIANT_TITLES[v] for v in variants)]
+    return _table(header, body)
+
+
+# Bus bandwidth as nccl-tests defines it: the bytes each rank must send or receive over its link
+# for a ring algorithm, per second. It is comparable across world sizes and with the link's own
+# limit. ``bytes`` is each rank's input; all_gather moves n - 1 of its n output chunks.
+_BUS_FACTOR = {
+    "all_reduce": lambda n: 2 * (n - 1) / n,
+    "all_gather": lambda n: n - 1,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_to_all": lambda n: (n - 1) / n,
+}
+
+
+def bus_bandwidth_gbps(op: str, nbytes: int, world: int, median_us: float) -> float:
+    return _BUS_FACTOR[op](world) * nbytes / median_us / 1e3 if median_us else 0.0
+
+
+def bandwidth_table(rows: list[dict[str, Any]], world: int) -> str:
+    grouped = _grouped(rows)
+    variants = [v for v in VARIANTS if any(v in g for g in grouped.values())]
+    body = []
+    for (op, dtype, nbytes), g in grouped.items():
+        raw_bw = bus_bandwidth_gbps(op, nbytes, world, g["raw"]["median_us"]) if "raw" in g else 0
+        cells = []
+        for v in variants:
+            if v not in g:
+                cells.append("-")
+                continue
+            bw = bus_bandwidth_gbps(op, nbytes, world, g[v]["median_us"])
+            cells.append(f"{bw:.2f}" + (f" {bw / raw_bw:.2f}x" if v != "raw" and raw_bw else ""))
         body.append([op, dtype, size_label(nbytes), *cells])
     header = ["op", "dtype", "size", *(VARIANT_TITLES[v] for v in variants)]
     return _table(header, body)
@@ -655,6 +688,13 @@ def report(result: Result) -> str:
             "Latency per call, µs (median ±IQR, ratio to (a)); size = each rank's input",
             latency_table(result.latency),
         ]
+        world = int(result.env.get("world", "1"))
+        if world > 1:
+            parts += [
+                "",
+                f"Bus bandwidth, GB/s (nccl-tests convention, world {world}; ratio to (a))",
+                bandwidth_table(result.latency, world),
+            ]
     if result.overhead:
         parts += [
             "",

@@ -42,7 +42,7 @@ def test_report_is_a_well_formed_table(results):
     text = bench.report(results[0])
     assert "backend gloo, world 2" in text
     lines = text.splitlines()
-    for title in ("Latency per call", "Compiled overhead", "Eager per-call cost"):
+    for title in ("Latency per call", "Bus bandwidth", "Compiled overhead", "Eager per-call cost"):
         start = next(i for i, line in enumerate(lines) if line.startswith(title))
         header, rule = lines[start + 1], lines[start + 2]
         assert set(rule) <= {"-", " "}, rule
@@ -53,6 +53,16 @@ def test_report_is_a_well_formed_table(results):
         assert re.search(r"\d+\.\d ±\d+% \d+\.\d\dx", row), row
     assert any("compiled overhead <= raw + 5 µs" in line for line in lines)
     assert any("eager tiny all_reduce <= 0.8x" in line for line in lines)
+
+
+def test_bus_bandwidth_follows_nccl_tests():
+    # 1 MB per rank in 1000 µs is 1 GB/s of algorithm bandwidth; the bus factors at world 4:
+    assert bench.bus_bandwidth_gbps("all_reduce", 10**6, 4, 1000.0) == pytest.approx(1.5)
+    assert bench.bus_bandwidth_gbps("reduce_scatter", 10**6, 4, 1000.0) == pytest.approx(0.75)
+    assert bench.bus_bandwidth_gbps("all_to_all", 10**6, 4, 1000.0) == pytest.approx(0.75)
+    # all_gather: the input is one of the 4 output chunks, 3 of which come over the link
+    assert bench.bus_bandwidth_gbps("all_gather", 10**6, 4, 1000.0) == pytest.approx(3.0)
+    assert bench.bus_bandwidth_gbps("all_reduce", 10**6, 1, 1000.0) == 0.0
 
 
 def test_quick_configuration_and_flags():
