@@ -13,11 +13,15 @@ requires_gpu = pytest.mark.skipif(
 )
 
 
+def _needs(gpus: int) -> str:
+    return "needs a CUDA GPU and NCCL" if gpus == 1 else f"needs {gpus} CUDA GPUs and NCCL"
+
+
 def gpu_worlds(*sizes: int) -> list:
     """World sizes for NCCL tests, one GPU per rank; each skips where fewer GPUs are present."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [
-        pytest.param(n, id=f"w{n}", marks=pytest.mark.skipif(count < n, reason=f"needs {n} GPUs"))
+        pytest.param(n, id=f"w{n}", marks=pytest.mark.skipif(count < n, reason=_needs(n)))
         for n in sizes
     ]
 
