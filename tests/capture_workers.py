@@ -165,3 +165,31 @@ def gloo_refusals():
 def _enter_graph_capture(groups):
     with graph_capture(groups=groups):
         pass
+
+
+def moe_replay_matches_eager(manager: str, sizes: list[int], rounds: int):
+    """Capture the compiled expert-parallel MoE block (world 1, bf16) per size and replay it on
+    fresh tokens; per replay (size, replay output, eager output, single-device reference).
+
+    Only managers that never read a count back to the host can be captured; at world 1 those
+    are naive and agrs (see docs/graph_capture.md).
+    """
+    from moe_workers import CONFIG, _block
+
+    torch._dynamo.reset()
+    device = _device()
+    block, reference = _block(manager, "ep", torch.bfloat16, CONFIG, debug=False, device=device)
+    compiled = torch.compile(block, fullgraph=True)
+
+    def make(n, seed):
+        return (_inputs(n, CONFIG.hidden, device, seed).to(torch.bfloat16),)
+
+    graphs = capture_sizes(compiled, sizes, lambda n: make(n, -n), groups=[None])
+    replays = []
+    for r in range(rounds):
+        for n in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
+            (x,) = make(n, 1000 * r + n)
+            out = graphs[n](x).clone()
+            with torch.no_grad():
+                replays.append((n, out, block(x), reference(x)))
+    return replays

@@ -2,7 +2,13 @@
 
 import pytest
 import torch
-from capture_workers import gloo_refusals, pool_bytes, replay_matches_eager, stream_and_status
+from capture_workers import (
+    gloo_refusals,
+    moe_replay_matches_eager,
+    pool_bytes,
+    replay_matches_eager,
+    stream_and_status,
+)
 from conftest import requires_gpu
 
 from compile_ops.graph_capture import (
@@ -173,3 +179,17 @@ def test_compiled_tp_mlp_replays_match_eager(world, world_size):
 def test_sizes_share_one_pool(world):
     ((shared, separate),) = world(1, "nccl").run(pool_bytes, HIDDEN, FFN, SIZES)
     assert 0 < shared < separate, f"shared pool {shared} B, a pool per size {separate} B"
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("manager", ["naive", "agrs"])
+def test_compiled_moe_block_replays_match_eager(world, manager):
+    rounds = 3
+    (replays,) = world(1, "nccl").run(moe_replay_matches_eager, manager, SIZES, rounds)
+    assert len(replays) == rounds * len(SIZES)
+    for n, replayed, eager, reference in replays:
+        assert replayed.shape == (n, 16) and replayed.dtype == torch.bfloat16
+        # The same kernels as the compiled call, so equal to it; eager rounds differently (bf16).
+        torch.testing.assert_close(replayed, eager, rtol=2e-2, atol=5e-2)
+        torch.testing.assert_close(replayed, reference, rtol=2e-2, atol=5e-2)
