@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 
 import compile_ops
-from compile_ops.testing.cases import OPS, Case, run_case
+from compile_ops.testing.cases import OPS, Case, assert_case_results, run_case
 
 WORLDS = (1, 2, 3, 4)
 REDUCING = ("all_reduce", "reduce_scatter", "reduce_scatterv")
@@ -41,26 +41,15 @@ def compiled_cases():
                 yield Case(op, world, dim=1, uneven=op in WITH_UNEVEN, dtype=torch.bfloat16)
 
 
-def _check(case, results, modes):
-    expected = case.expected()
-    for rank, (got, want) in enumerate(zip(results, expected, strict=True)):
-        assert got["input_intact"], f"{case}: rank {rank}'s input was modified"
-        for mode in modes:
-            where = f"{case} {mode} rank {rank}"
-            torch.testing.assert_close(got[mode], want, msg=lambda m, where=where: f"{where}: {m}")
-            if mode != "eager":
-                assert got[f"{mode}_frames"] == 1, f"{case} {mode}: graph breaks or recompiles"
-
-
 @pytest.mark.parametrize("case", list(eager_cases()), ids=str)
 def test_eager_matches_reference(world, case):
-    _check(case, world(case.world_size).run(run_case, case, ("eager",)), ("eager",))
+    assert_case_results(case, world(case.world_size).run(run_case, case, ("eager",)), ("eager",))
 
 
 @pytest.mark.parametrize("case", list(compiled_cases()), ids=str)
 def test_compiled_matches_eager_and_reference(world, case):
     modes = ("eager", "compiled", "dynamic")
-    _check(case, world(case.world_size).run(run_case, case, modes), modes)
+    assert_case_results(case, world(case.world_size).run(run_case, case, modes), modes)
 
 
 def _tokens_changing(op, counts):

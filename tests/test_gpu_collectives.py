@@ -6,7 +6,7 @@ import torch
 import workers
 from conftest import gpu_worlds, requires_gpu
 
-from compile_ops.testing.cases import OPS, Case, run_case
+from compile_ops.testing.cases import OPS, Case, assert_case_results, run_case
 
 pytestmark = [requires_gpu, pytest.mark.gpu]
 
@@ -17,15 +17,7 @@ pytestmark = [requires_gpu, pytest.mark.gpu]
 def test_nccl_eager_and_compiled_match_reference(world, op, dtype, world_size):
     uneven = op in ("all_gatherv", "reduce_scatterv", "all_to_all")
     case = Case(op, world_size, dtype=dtype, device="cuda", uneven=uneven)
-    modes = ("eager", "compiled", "dynamic")
-    results = world(world_size, "nccl").run(run_case, case, modes)
-    for rank, (result, want) in enumerate(zip(results, case.expected(), strict=True)):
-        assert result["input_intact"], f"rank {rank}: the op changed its input"
-        for mode in modes:
-            where = f"rank {rank} {mode}"
-            torch.testing.assert_close(result[mode], want, msg=lambda m, w=where: f"{w}: {m}")
-            if mode != "eager":
-                assert result[f"{mode}_frames"] == 1, f"rank {rank} {mode}: graph breaks"
+    assert_case_results(case, world(world_size, "nccl").run(run_case, case))
 
 
 def test_nccl_opcheck(world):

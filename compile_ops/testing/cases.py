@@ -208,6 +208,19 @@ def run_case(case: Case, modes: tuple[str, ...] = MODES) -> dict[str, object]:
     return results
 
 
+def assert_case_results(case: Case, results: list[dict], modes: tuple[str, ...] = MODES) -> None:
+    """Every rank's ``run_case`` results equal the reference, its input is intact, and each
+    compiled mode ran as one frame (no graph break, no recompile)."""
+    for rank, (got, want) in enumerate(zip(results, case.expected(), strict=True)):
+        if not got["input_intact"]:
+            raise AssertionError(f"{case}: rank {rank}'s input was modified")
+        for mode in modes:
+            where = f"{case} {mode} rank {rank}"
+            torch.testing.assert_close(got[mode], want, msg=lambda m, where=where: f"{where}: {m}")
+            if mode != "eager" and got[f"{mode}_frames"] != 1:
+                raise AssertionError(f"{case} {mode}: graph breaks or recompiles")
+
+
 def _compiled(fn: Callable, x: torch.Tensor, dynamic: bool):
     from torch._dynamo.testing import CompileCounterWithBackend
 
