@@ -1,19 +1,15 @@
 """The audit, and fakes added with fake_impls.register to an out-of-tree library that lacks them."""
 
-import itertools
-
 import pytest
 import torch
 import torch.distributed as dist
+from scratch_library import ScratchLibrary
 
 import compile_ops  # noqa: F401 - defines torch.ops.compile_ops
 import fake_impls
 from compile_ops.cli import main as cli_main
 from fake_impls import FakeMismatch, audit
 from fake_impls.register import qualname
-
-_namespaces = itertools.count()
-
 
 # ----------------------------------------------------------------------------------------------
 # Our own namespace
@@ -102,17 +98,11 @@ FAKES = {
 }
 
 
-class OutOfTree:
-    """A fresh namespace per test: registrations are process-global."""
+class OutOfTree(ScratchLibrary):
+    """The four ops above, without fakes, and how to call and register them."""
 
     def __init__(self):
-        self.ns = f"fake_impls_test_{next(_namespaces)}"
-        self.lib = torch.library.Library(self.ns, "DEF")
-        for schema, kernel in KERNELS.items():
-            self.lib.define(schema)
-            self.lib.impl(schema.split("(")[0], kernel, "CPU")
-        self.fakes = torch.library.Library(self.ns, "FRAGMENT")  # owns the fakes we register
-        self.ops = getattr(torch.ops, self.ns)
+        super().__init__("fake_impls_test", KERNELS)
 
     def op(self, name):
         return getattr(self.ops, name).default
@@ -130,10 +120,6 @@ class OutOfTree:
         for name, fake in FAKES.items():
             fake_impls.register(self.op(name), fake, samples=self.samples(name), lib=self.fakes)
 
-    def close(self):
-        self.fakes._destroy()
-        self.lib._destroy()
-
 
 @pytest.fixture
 def lib():
@@ -141,6 +127,14 @@ def lib():
     yield library
     library.close()
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def scratch():
+    """An empty namespace a test defines its own ops in."""
+    library = ScratchLibrary("fake_impls_test")
+    yield library
+    library.close()
 
 
 def test_audit_finds_the_missing_fakes_and_registration_fixes_them(lib):
@@ -264,57 +258,43 @@ def test_register_refuses_a_second_fake_and_requires_samples(lib):
         fake_impls.register(op, fake_rms_norm, samples=lib.samples("rms_norm"), lib=lib.fakes)
 
 
-def test_register_checks_a_kernel_that_returns_its_input():
-    ns = f"fake_impls_test_{next(_namespaces)}"
-    lib = torch.library.Library(ns, "DEF")
-    try:
-        lib.define("scale(Tensor x) -> Tensor")  # declares a new tensor ...
-        lib.impl("scale", lambda x: x.mul_(2), "CPU")  # ... but hands back its input
-        op = getattr(torch.ops, ns).scale.default
-        with pytest.raises(FakeMismatch, match="the kernel's output is an input or a view of one"):
-            fake_impls.check_fake(op, lambda x: torch.empty_like(x), [((torch.ones(3),), {})])
-    finally:
-        lib._destroy()
+def test_register_checks_a_kernel_that_returns_its_input(scratch):
+    scratch.lib.define("scale(Tensor x) -> Tensor")  # declares a new tensor ...
+    scratch.lib.impl("scale", lambda x: x.mul_(2), "CPU")  # ... but hands back its input
+    with pytest.raises(FakeMismatch, match="the kernel's output is an input or a view of one"):
+        fake_impls.check_fake(
+            scratch.ops.scale.default, lambda x: torch.empty_like(x), [((torch.ones(3),), {})]
+        )
 
 
-def test_audit_flags_schemas_a_compiler_may_drop_and_unverified_real_kernels():
-    ns = f"fake_impls_test_{next(_namespaces)}"
-    lib = torch.library.Library(ns, "DEF")
-    try:
-        lib.define("fill(Tensor x) -> ()")  # writes x, does not say so
-        lib.impl("fill", lambda x: None, "CPU")
-        lib.define("twice(Tensor x) -> Tensor")
-        lib.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")
-        fill, twice = audit(ns)
-        assert (fill.status, fill.fake, fill.schema) == ("fail", None, "returns nothing")
-        assert "no fake kernel" in fill.problems[0] and "dead code" in fill.problems[1]
-        assert (twice.status, twice.fake) == ("warn", "real kernel")
-        assert "meta tensors" in twice.problems[0]
-        assert audit(ns, {"twice": [((torch.ones(2),), {})]})[1].status == "ok"
-        with pytest.raises(ValueError, match="not an operator"):
-            audit(ns, {"thrice": []})
-    finally:
-        lib._destroy()
+def test_audit_flags_schemas_a_compiler_may_drop_and_unverified_real_kernels(scratch):
+    scratch.lib.define("fill(Tensor x) -> ()")  # writes x, does not say so
+    scratch.lib.impl("fill", lambda x: None, "CPU")
+    scratch.lib.define("twice(Tensor x) -> Tensor")
+    scratch.lib.impl("twice", lambda x: x * 2, "CompositeExplicitAutograd")
+    fill, twice = audit(scratch.ns)
+    assert (fill.status, fill.fake, fill.schema) == ("fail", None, "returns nothing")
+    assert "no fake kernel" in fill.problems[0] and "dead code" in fill.problems[1]
+    assert (twice.status, twice.fake) == ("warn", "real kernel")
+    assert "meta tensors" in twice.problems[0]
+    assert audit(scratch.ns, {"twice": [((torch.ones(2),), {})]})[1].status == "ok"
+    with pytest.raises(ValueError, match="not an operator"):
+        audit(scratch.ns, {"thrice": []})
 
 
-def test_register_skips_data_dependent_sizes_but_checks_the_rest():
-    ns = f"fake_impls_test_{next(_namespaces)}"
-    lib = torch.library.Library(ns, "DEF")
-    try:
-        lib.define("positive(Tensor x) -> Tensor")
-        lib.impl("positive", lambda x: x[x > 0], "CPU")
-        op = getattr(torch.ops, ns).positive.default
-        sample = [((torch.tensor([1.0, -2.0, 3.0]),), {})]
+def test_register_skips_data_dependent_sizes_but_checks_the_rest(scratch):
+    scratch.lib.define("positive(Tensor x) -> Tensor")
+    scratch.lib.impl("positive", lambda x: x[x > 0], "CPU")
+    op = scratch.ops.positive.default
+    sample = [((torch.tensor([1.0, -2.0, 3.0]),), {})]
 
-        def fake(x):
-            return x.new_empty(torch.library.get_ctx().new_dynamic_size())
+    def fake(x):
+        return x.new_empty(torch.library.get_ctx().new_dynamic_size())
 
-        def fake_wrong_dtype(x):
-            return x.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.float64)
+    def fake_wrong_dtype(x):
+        return x.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.float64)
 
-        with pytest.raises(FakeMismatch, match=r"dtype torch\.float64"):
-            fake_impls.check_fake(op, fake_wrong_dtype, sample)
-        fake_impls.register(op, fake, samples=sample, lib=lib)
-        assert audit(ns, {"positive": sample})[0].status == "ok"
-    finally:
-        lib._destroy()
+    with pytest.raises(FakeMismatch, match=r"dtype torch\.float64"):
+        fake_impls.check_fake(op, fake_wrong_dtype, sample)
+    fake_impls.register(op, fake, samples=sample, lib=scratch.fakes)
+    assert audit(scratch.ns, {"positive": sample})[0].status == "ok"

@@ -5,17 +5,15 @@ kernels written from what the XPU kernels do; the fakes are then checked against
 dtypes, strides), by opcheck, and in a compiled fp8-linear + fused-MoE step.
 """
 
-import itertools
 import warnings
 
 import pytest
 import torch
+from scratch_library import ScratchLibrary
 
 import fake_impls
 from fake_impls import ipex
 from fake_impls.audit import audit
-
-_namespaces = itertools.count()
 
 # The schemas IPEX infers from its C++ kernel signatures (IPEX 2.9 / 2.10 for XPU).
 IPEX_SCHEMAS = [
@@ -124,24 +122,13 @@ KERNELS = [
 ]
 
 
-class IpexLike:
-    def __init__(self, schemas=IPEX_SCHEMAS, kernels=KERNELS):
-        self.ns = f"ipex_like_{next(_namespaces)}"
-        self.lib = torch.library.Library(self.ns, "DEF")
-        for schema, kernel in zip(schemas, kernels, strict=True):
-            self.lib.define(schema)
-            self.lib.impl(schema.split("(")[0], kernel, "CPU")
-        self.fakes = torch.library.Library(self.ns, "FRAGMENT")
-        self.ops = getattr(torch.ops, self.ns)
-
-    def close(self):
-        self.fakes._destroy()
-        self.lib._destroy()
+def ipex_like_library(schemas=IPEX_SCHEMAS, kernels=KERNELS) -> ScratchLibrary:
+    return ScratchLibrary("ipex_like", dict(zip(schemas, kernels, strict=True)))
 
 
 @pytest.fixture
 def ipex_like():
-    lib = IpexLike()
+    lib = ipex_like_library()
     yield lib
     lib.close()
     torch._dynamo.reset()
@@ -245,7 +232,9 @@ def test_moe_fakes_check_what_the_kernels_check(ipex_like):
 def test_a_different_schema_is_left_without_a_fake():
     # IPEX 2.8's fused_moe_gemm took neither scales nor vnni_transform.
     old = ["fused_moe_gemm.moe(Tensor _0, Tensor _1, Tensor _2, Tensor _3, int _4) -> Tensor _0"]
-    lib = IpexLike(old, [lambda a, b, rows, rows_host, n: _grouped_gemm(a, b, None, rows_host)])
+    lib = ipex_like_library(
+        old, [lambda a, b, rows, rows_host, n: _grouped_gemm(a, b, None, rows_host)]
+    )
     try:
         with pytest.warns(UserWarning, match="fused_moe_gemm.moe is .* written for"):
             assert ipex.register(lib.ns, lib=lib.fakes) == []
