@@ -81,25 +81,34 @@ def opcheck_all(device: str = "cpu"):
 
 # --- an out-of-place op must never hand back its input --------------------------------------------
 
-_buggy_lib = None
+# Ops that reproduce a bug on purpose, each defined once per process (and kept alive here).
+_bug_libraries: dict[str, torch.library.Library] = {}
+
+
+def _define_once(ns: str, schema: str, kernel, fake) -> torch._ops.OpOverload:
+    name = schema.split("(")[0]
+    if ns not in _bug_libraries:
+        lib = torch.library.Library(ns, "DEF")
+        lib.define(schema)
+        lib.impl(name, kernel, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{ns}::{name}", fake, lib=lib)
+        _bug_libraries[ns] = lib
+    return getattr(getattr(torch.ops, ns), name).default
+
+
+def _aliasing_all_reduce(x, group_name):
+    dist.all_reduce(x)
+    return x
 
 
 def define_aliasing_all_reduce():
     """The aliased-result bug on purpose: reduce in place, return the input from a functional schema."""
-    global _buggy_lib
-    if _buggy_lib is None:
-        _buggy_lib = torch.library.Library("compile_ops_buggy", "DEF")
-        _buggy_lib.define("all_reduce(Tensor x, str group_name) -> Tensor")
-
-        def kernel(x, group_name):
-            dist.all_reduce(x)
-            return x
-
-        _buggy_lib.impl("all_reduce", kernel, "CompositeExplicitAutograd")
-        torch.library.register_fake(
-            "compile_ops_buggy::all_reduce", lambda x, g: x.new_empty(x.shape)
-        )
-    return torch.ops.compile_ops_buggy.all_reduce.default
+    return _define_once(
+        "compile_ops_buggy",
+        "all_reduce(Tensor x, str group_name) -> Tensor",
+        _aliasing_all_reduce,
+        lambda x, group_name: x.new_empty(x.shape),
+    )
 
 
 def aliasing_pattern(op_name: str, compiled: bool):
@@ -224,26 +233,21 @@ def wrong_device_and_destroyed_group():
 
 # --- FX graph cache shared by the ranks of one machine ------------------------------------------
 
-_naive_lib = None
+
+def _naive_reduce_scatterv_fake(x, sizes, group_name):
+    return x.new_empty((sizes[dist.get_rank()], *x.shape[1:]))  # the rank from process state
 
 
 def define_naive_reduce_scatterv():
     """reduce_scatterv whose fake reads the rank from process state instead of its arguments."""
-    global _naive_lib
-    if _naive_lib is None:
-        _naive_lib = torch.library.Library("compile_ops_naive", "DEF")
-        _naive_lib.define("reduce_scatterv(Tensor x, SymInt[] sizes, str group_name) -> Tensor")
-
-        def kernel(x, sizes, group_name):
-            return compile_ops.reduce_scatterv(x, sizes)
-
-        def fake(x, sizes, group_name):
-            return x.new_empty((sizes[dist.get_rank()], *x.shape[1:]))
-
-        _naive_lib.impl("reduce_scatterv", kernel, "CompositeExplicitAutograd")
-        torch.library.register_fake("compile_ops_naive::reduce_scatterv", fake)
-        torch.fx.node.has_side_effect(torch.ops.compile_ops_naive.reduce_scatterv.default)
-    return torch.ops.compile_ops_naive.reduce_scatterv.default
+    op = _define_once(
+        "compile_ops_naive",
+        "reduce_scatterv(Tensor x, SymInt[] sizes, str group_name) -> Tensor",
+        lambda x, sizes, group_name: compile_ops.reduce_scatterv(x, sizes),
+        _naive_reduce_scatterv_fake,
+    )
+    torch.fx.node.has_side_effect(op)
+    return op
 
 
 def _fx_cache_entries() -> int:
