@@ -46,7 +46,7 @@ from .collectives import _ALL_REDUCE_OPTS, _wait
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-KIB, MIB = 1 << 10, 1 << 20
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 ACCELERATOR_SIZES = tuple(4 * KIB * 4**i for i in range(9))  # 4 KiB .. 256 MiB
 CPU_SIZES = tuple(4 * KIB * 4**i for i in range(6))  # 4 KiB .. 4 MiB: gloo on a few cores
 LARGE = 16 * MIB  # from here on a stray copy would show as a clear excess over raw
@@ -531,7 +531,7 @@ def run_rank(config: Config) -> Result:
 
 
 def size_label(nbytes: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", MIB), ("KiB", KIB)):
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if nbytes >= scale:
             return f"{nbytes // scale} {unit}"
     return f"{nbytes} B"
@@ -563,17 +563,27 @@ def _grouped(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]
     return grouped
 
 
-def latency_table(rows: list[dict[str, Any]]) -> str:
+def _variant_table(rows: list[dict[str, Any]], cell: Callable[[str, int, dict, str], str]) -> str:
+    """One row per op/dtype/size, one column per variant; ``cell(op, bytes, row's variants, v)``."""
     grouped = _grouped(rows)
     variants = [v for v in VARIANTS if any(v in g for g in grouped.values())]
-    body = []
-    for (op, dtype, nbytes), g in grouped.items():
-        cells = [
-            _cell(g[v], None if v == "raw" else g.get("raw")) if v in g else "-" for v in variants
+    body = [
+        [
+            op,
+            dtype,
+            size_label(nbytes),
+            *(cell(op, nbytes, g, v) if v in g else "-" for v in variants),
         ]
-        body.append([op, dtype, size_label(nbytes), *cells])
+        for (op, dtype, nbytes), g in grouped.items()
+    ]
     header = ["op", "dtype", "size", *(VARIANT_TITLES[v] for v in variants)]
     return _table(header, body)
+
+
+def latency_table(rows: list[dict[str, Any]]) -> str:
+    return _variant_table(
+        rows, lambda op, nbytes, g, v: _cell(g[v], None if v == "raw" else g.get("raw"))
+    )
 
 
 # Bus bandwidth as nccl-tests defines it: the bytes each rank must send or receive over its link
@@ -592,21 +602,12 @@ def bus_bandwidth_gbps(op: str, nbytes: int, world: int, median_us: float) -> fl
 
 
 def bandwidth_table(rows: list[dict[str, Any]], world: int) -> str:
-    grouped = _grouped(rows)
-    variants = [v for v in VARIANTS if any(v in g for g in grouped.values())]
-    body = []
-    for (op, dtype, nbytes), g in grouped.items():
-        raw_bw = bus_bandwidth_gbps(op, nbytes, world, g["raw"]["median_us"]) if "raw" in g else 0
-        cells = []
-        for v in variants:
-            if v not in g:
-                cells.append("-")
-                continue
-            bw = bus_bandwidth_gbps(op, nbytes, world, g[v]["median_us"])
-            cells.append(f"{bw:.2f}" + (f" {bw / raw_bw:.2f}x" if v != "raw" and raw_bw else ""))
-        body.append([op, dtype, size_label(nbytes), *cells])
-    header = ["op", "dtype", "size", *(VARIANT_TITLES[v] for v in variants)]
-    return _table(header, body)
+    def cell(op: str, nbytes: int, g: dict, v: str) -> str:
+        bw = bus_bandwidth_gbps(op, nbytes, world, g[v]["median_us"])
+        raw = bus_bandwidth_gbps(op, nbytes, world, g["raw"]["median_us"]) if "raw" in g else 0
+        return f"{bw:.2f}" + (f" {bw / raw:.2f}x" if v != "raw" and raw else "")
+
+    return _variant_table(rows, cell)
 
 
 def overhead_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -753,7 +754,7 @@ def summary_lines(result: Result) -> list[str]:
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
-    units = {"K": KIB, "M": MIB, "G": 1 << 30}
+    units = {"K": KIB, "M": MIB, "G": GIB}
     sizes = []
     for item in text.split(","):
         item = item.strip().upper().removesuffix("IB").removesuffix("B")
