@@ -77,6 +77,11 @@ def nested_call(depth, fn, x):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="profile 'compiled math + ours'")
+    args = parser.parse_args()
+    rounds = args.rounds
     accelerator = torch.accelerator.current_accelerator(check_available=True)
     backend = "nccl" if accelerator is not None else "gloo"
     device = accelerator.type if accelerator is not None else "cpu"
@@ -135,11 +140,6 @@ def main() -> None:
         f"{os.environ.get('TORCH_NCCL_TRACE_BUFFER_SIZE')} TORCH_FR_BUFFER_SIZE="
         f"{os.environ.get('TORCH_FR_BUFFER_SIZE')}"
     )
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--profile", action="store_true", help="profile 'compiled math + ours'")
-    args = parser.parse_args()
-    rounds = args.rounds
     fns = {}
     for label, (fn, compiled) in rows.items():
         fns[label] = torch.compile(fn, fullgraph=True, dynamic=False) if compiled else fn
