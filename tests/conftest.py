@@ -4,24 +4,21 @@ import torch
 from compile_ops.testing.pool import close_all_pools, get_pool
 
 
-def has_accelerator_backend() -> bool:
-    return torch.cuda.is_available() and torch.cuda.device_count() >= 1
-
-
-requires_gpu = pytest.mark.skipif(
-    not has_accelerator_backend(), reason="needs a CUDA GPU and NCCL (run on the GPU machine)"
-)
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _needs(gpus: int) -> str:
     return "needs a CUDA GPU and NCCL" if gpus == 1 else f"needs {gpus} CUDA GPUs and NCCL"
 
 
+requires_gpu = pytest.mark.skipif(gpu_count() < 1, reason=_needs(1))
+
+
 def gpu_worlds(*sizes: int) -> list:
     """World sizes for NCCL tests, one GPU per rank; each skips where fewer GPUs are present."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [
-        pytest.param(n, id=f"w{n}", marks=pytest.mark.skipif(count < n, reason=_needs(n)))
+        pytest.param(n, id=f"w{n}", marks=pytest.mark.skipif(gpu_count() < n, reason=_needs(n)))
         for n in sizes
     ]
 

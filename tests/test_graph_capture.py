@@ -9,7 +9,8 @@ from capture_workers import (
     replay_matches_eager,
     stream_and_status,
 )
-from conftest import requires_gpu
+from conftest import gpu_worlds, requires_gpu
+from moe_workers import CONFIG
 
 from compile_ops.graph_capture import (
     CapturedGraph,
@@ -150,18 +151,7 @@ def test_capture_runs_on_a_side_stream_it_hands_out(world):
 
 @requires_gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize(
-    "world_size",
-    [
-        1,
-        pytest.param(
-            2,
-            marks=pytest.mark.skipif(
-                torch.accelerator.device_count() < 2, reason="needs 2 GPUs for a sharded MLP"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("world_size", gpu_worlds(1, 2))
 def test_compiled_tp_mlp_replays_match_eager(world, world_size):
     rounds = 5
     per_rank = world(world_size, "nccl").run(replay_matches_eager, HIDDEN, FFN, SIZES, rounds)
@@ -189,7 +179,7 @@ def test_compiled_moe_block_replays_match_eager(world, manager):
     (replays,) = world(1, "nccl").run(moe_replay_matches_eager, manager, SIZES, rounds)
     assert len(replays) == rounds * len(SIZES)
     for n, replayed, eager, reference in replays:
-        assert replayed.shape == (n, 16) and replayed.dtype == torch.bfloat16
+        assert replayed.shape == (n, CONFIG.hidden) and replayed.dtype == torch.bfloat16
         # The same kernels as the compiled call, so equal to it; eager rounds differently (bf16).
         torch.testing.assert_close(replayed, eager, rtol=2e-2, atol=5e-2)
         torch.testing.assert_close(replayed, reference, rtol=2e-2, atol=5e-2)
