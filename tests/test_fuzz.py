@@ -6,11 +6,15 @@ Two profiles, chosen by COMPILE_OPS_FUZZ:
   (aot_eager, dynamic shapes); 40 programs compiled with Inductor.
 * ``long``: random, 650 examples per op, every one also compiled (aot_eager, dynamic shapes),
   and 1000 programs compiled with Inductor (5,550 cases in all).
+
+Each runs on the CPU over gloo (worlds 1-4), and over NCCL with one GPU per rank (worlds up to the
+number of GPUs) where GPUs are present.
 """
 
 import os
 
 import pytest
+from conftest import gpu_count, requires_gpu
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +24,11 @@ from compile_ops.testing.strategies import cases, programs
 
 LONG = os.environ.get("COMPILE_OPS_FUZZ", "ci") == "long"
 PER_OP, PROGRAMS = (650, 1000) if LONG else (200, 40)
+DEVICES = ["cpu", pytest.param("cuda", marks=[requires_gpu, pytest.mark.gpu])]
+
+
+def world_sizes(device: str) -> tuple[int, ...]:
+    return (1, 2, 3, 4) if device == "cpu" else tuple(range(1, min(4, gpu_count()) + 1))
 
 
 def fuzz_settings(max_examples):
@@ -41,13 +50,14 @@ def run_counted(check, ran: list, wanted: int, record_property) -> None:
     assert len(ran) >= wanted, f"hypothesis ran {len(ran)} examples, the profile promises {wanted}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", OPS)
-def test_every_op_matches_reference(op, record_property):
+def test_every_op_matches_reference(op, device, record_property):
     ran = []
 
     @fuzz_settings(PER_OP)
     @given(
-        case=cases(op),
+        case=cases(op, world_sizes=world_sizes(device)),
         compile_it=st.just(True) if LONG else st.sampled_from([True, False, False, False]),
     )
     def check(case, compile_it):
@@ -60,26 +70,29 @@ def test_every_op_matches_reference(op, record_property):
             reference=lambda per_rank: case.reference([x for (x,) in per_rank]),
             dynamic=True,
             backend="aot_eager" if compile_it else None,
+            device=device,
             reproducer=f"compile_ops.testing.cases.{case!r}",
         )
 
     run_counted(check, ran, PER_OP, record_property)
 
 
-def test_programs_match_reference(record_property):
+@pytest.mark.parametrize("device", DEVICES)
+def test_programs_match_reference(device, record_property):
     ran = []
 
     @fuzz_settings(PROGRAMS)
-    @given(program=programs(), dynamic=st.booleans())
+    @given(program=programs(world_sizes=world_sizes(device)), dynamic=st.booleans())
     def check(program, dynamic):
         ran.append(1)
         assert_compiled_matches_eager(
-            program.function(),
+            program.function(device),
             [program.inputs(r) for r in range(program.world_size)],
             program.world_size,
             reference=program.reference,
             dynamic=dynamic,
-            reproducer=program.source(),
+            device=device,
+            reproducer=program.source(device),
         )
 
     run_counted(check, ran, PROGRAMS, record_property)

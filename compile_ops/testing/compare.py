@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.utils._pytree as pytree
 
 from .pool import WorkerError, WorkerPool, get_pool
@@ -30,15 +31,28 @@ def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def run_eager_and_compiled(fn: Callable, inputs: Sequence[Any], dynamic: bool, backend: str | None):
+def to_device_keeping_layout(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``t`` on ``device`` with its strides and offset: a sliced or permuted input stays one there
+    (``Tensor.to`` would make a sliced one contiguous, and the layout is part of what is tested)."""
+    whole_storage = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage())
+    return whole_storage.to(device).as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+def run_eager_and_compiled(
+    fn: Callable, inputs: Sequence[Any], dynamic: bool, backend: str | None, device: str = "cpu"
+):
     """On one rank: eager, fake and compiled outputs, frames compiled, inputs intact.
 
-    Runs inside a worker. ``backend=None`` skips compilation. The fake run (FakeTensorMode) checks
-    the fake kernels against the real ones whatever the backend.
+    Runs inside a worker; the inputs arrive on the CPU and move to ``device`` first.
+    ``backend=None`` skips compilation. The fake run (FakeTensorMode) checks the fake kernels
+    against the real ones whatever the backend.
     """
     from torch._dynamo.testing import CompileCounterWithBackend
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    inputs = pytree.tree_map_only(
+        torch.Tensor, lambda t: to_device_keeping_layout(t, device), inputs
+    )
     before = pytree.tree_map_only(torch.Tensor, torch.clone, inputs)
     eager = fn(*inputs)
     intact = all(
@@ -66,6 +80,7 @@ def assert_compiled_matches_eager(
     reference: Callable[[Sequence[Sequence[Any]]], Sequence[Any]] | None = None,
     dynamic: bool = False,
     backend: str | None = "inductor",
+    device: str = "cpu",
     rtol: float | None = None,
     atol: float | None = None,
     pool: WorkerPool | None = None,
@@ -78,17 +93,21 @@ def assert_compiled_matches_eager(
     ``per_rank_inputs[r]`` is the argument tuple for rank r. ``reference(per_rank_inputs)``, run in
     this process, returns every rank's expected output. ``backend=None`` checks eager against
     the reference and the fake kernels only. ``reproducer`` is printed on failure (for example the
-    source of a generated program). Also checked: ``fn`` leaves its inputs unchanged, and its
+    source of a generated program). ``device`` is where ``fn`` runs: the inputs are given on the
+    CPU, and the default pool uses that device's backend (gloo for the CPU, NCCL for CUDA, XCCL for
+    XPU), one device per rank. Also checked: ``fn`` leaves its inputs unchanged, and its
     fake-tensor run gives the shapes and dtypes of the real one.
     """
     if len(per_rank_inputs) != world_size:
         raise ValueError(f"need {world_size} input tuples, got {len(per_rank_inputs)}")
-    pool = pool or get_pool(world_size)
-    context = _describe(fn, per_rank_inputs, dynamic, backend, reproducer)
+    if pool is None:
+        device_type = torch.device(device).type
+        pool = get_pool(world_size, dist.Backend.default_device_backend_map[device_type])
+    context = _describe(fn, per_rank_inputs, dynamic, backend, device, reproducer)
     try:
         results = pool.map(
             run_eager_and_compiled,
-            [(fn, tuple(inputs), dynamic, backend) for inputs in per_rank_inputs],
+            [(fn, tuple(inputs), dynamic, backend, device) for inputs in per_rank_inputs],
             timeout=timeout,
         )
     except WorkerError as e:
@@ -133,14 +152,15 @@ def _compare(got, want, got_name, want_name, rank, context, rtol, atol) -> None:
             ) from None
 
 
-def _describe(fn, per_rank_inputs, dynamic, backend, reproducer) -> str:
+def _describe(fn, per_rank_inputs, dynamic, backend, device, reproducer) -> str:
     def meta(t):
         if isinstance(t, torch.Tensor):
             return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)} stride={t.stride()}"
         return repr(t)
 
     name = getattr(fn, "__qualname__", type(fn).__qualname__)
-    lines = [f"{name} (world {len(per_rank_inputs)}, backend={backend}, dynamic={dynamic})"]
+    world = len(per_rank_inputs)
+    lines = [f"{name} (world {world} on {device}, backend={backend}, dynamic={dynamic})"]
     lines += [
         f"  rank {r} inputs: {', '.join(meta(t) for t in inputs)}"
         for r, inputs in enumerate(per_rank_inputs)

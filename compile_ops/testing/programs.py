@@ -41,12 +41,15 @@ class Program:
     weights: tuple[tuple[int, int], ...] = ()  # shapes of w0, w1, ...
     seed: int = 0
 
-    def source(self) -> str:
+    def source(self, device: str = "cpu") -> str:
+        """The program as a module; its weights live on ``device`` (drawn on the CPU, so every
+        device gets the same values), its inputs on the CPU."""
         lines = ["import torch", "import torch.nn.functional as F", "import compile_ops", ""]
+        to_device = "" if device == "cpu" else f".to({device!r})"
         for i, (rows, cols) in enumerate(self.weights):
             lines.append(
-                f"w{i} = torch.randn({rows}, {cols}, generator=torch.Generator()"
-                f".manual_seed({self.seed * 100 + i})) / {rows**0.5:.4f}"
+                f"w{i} = (torch.randn({rows}, {cols}, generator=torch.Generator()"
+                f".manual_seed({self.seed * 100 + i})) / {rows**0.5:.4f}){to_device}"
             )
         lines += ["", "", "def program(x):", "    v0 = x"]
         lines += [f"    {step.line()}" for step in self.steps]
@@ -70,9 +73,9 @@ class Program:
     def inputs(self, rank: int) -> tuple[torch.Tensor]:
         return self._namespace()["inputs"](rank)
 
-    def function(self) -> ProgramFunction:
+    def function(self, device: str = "cpu") -> ProgramFunction:
         """The program as a function that pickles by its source (to ship it to worker ranks)."""
-        return ProgramFunction(self.source())
+        return ProgramFunction(self.source(device))
 
     def reference(self, per_rank_inputs: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
         """Every rank's result, computed in this process step by step."""
