@@ -726,10 +726,16 @@ def summary_lines(result: Result) -> list[str]:
         )
         large = [r for r in summary if r["bytes"] >= LARGE]
         if large:
-            excess = max(r["ours_overhead_us"] - r["raw_us"] for r in large)
+            # An extra pass over memory is device work. Graph replays time the device alone;
+            # launched calls also carry the host's cost, which at 16 MiB can exceed the transfer.
+            in_graph = all("graph_overhead_us" in r for r in large)
+            key, timed = (
+                ("graph_overhead_us", "in graph") if in_graph else ("ours_overhead_us", "launched")
+            )
+            excess = max(r[key] - r["raw_us"] for r in large)
             lines.append(
-                f"  no extra pass over memory at >= {size_label(LARGE)}: worst excess over raw "
-                f"{excess:+.1f} µs ({'met' if excess <= TARGET_SLACK_US else 'MISSED'})"
+                f"  no extra pass over memory at >= {size_label(LARGE)} ({timed}): worst excess "
+                f"over raw {excess:+.1f} µs ({'met' if excess <= TARGET_SLACK_US else 'MISSED'})"
             )
     ratio = dispatch_ratio(result.dispatch)
     if ratio is not None:
@@ -746,6 +752,8 @@ def summary_lines(result: Result) -> list[str]:
     for g in result.generated:
         lines += [f"    {g['fn']}: {line}" for line in g["copies"]]
     lines += [f"  ERROR {e}" for e in result.errors]
+    if len(lines) == 1:
+        lines.append("  none measured (the overhead and dispatch studies check them)")
     return lines
 
 
