@@ -1,10 +1,17 @@
-"""The testing kit must catch each classic collective bug when it is swapped into our ops."""
+"""The testing kit must catch each classic collective bug when it is swapped into our ops, and
+must test the layout it was given on every device."""
 
 import mutants
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 
-from compile_ops.testing.compare import MismatchError, assert_compiled_matches_eager
+from compile_ops.testing.cases import Case
+from compile_ops.testing.compare import (
+    MismatchError,
+    assert_compiled_matches_eager,
+    to_device_keeping_layout,
+)
 from compile_ops.testing.pool import WorkerPool
 from compile_ops.testing.strategies import cases
 
@@ -53,3 +60,19 @@ def test_kit_catches(worlds, mutant):
         for pool in worlds.values():
             pool.run(mutants.restore)
     assert caught, f"{mutant}: 40 examples and not one mismatch"
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced"])
+def test_inputs_keep_their_layout_on_another_device(layout):
+    # The kit ships inputs on the CPU and each rank moves them to its device; a sliced input
+    # moved with Tensor.to would arrive contiguous, and the layout would go untested there.
+    x = Case("all_reduce", 1, layout=layout).input(0)
+    assert not x.is_contiguous()
+    moved = to_device_keeping_layout(x, "meta")
+    assert moved.device.type == "meta"
+    assert (moved.shape, moved.stride(), moved.storage_offset()) == (
+        x.shape,
+        x.stride(),
+        x.storage_offset(),
+    )
+    torch.testing.assert_close(to_device_keeping_layout(x, "cpu"), x, rtol=0, atol=0)

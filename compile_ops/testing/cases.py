@@ -111,16 +111,15 @@ class Case:
         shape[self._dim()] = self._extent(rank)
         g = torch.Generator().manual_seed(self.seed * 1000 + rank)
         low, high = (-2, 3) if self.reduce_op == "product" else (-4, 5)
+        # The layout is made after the dtype conversion, which would otherwise copy a sliced
+        # tensor into a contiguous one.
         if self.layout == "transposed" and len(shape) > 1:
-            x = torch.randint(low, high, shape[::-1], generator=g).permute(
-                *reversed(range(len(shape)))
-            )
-        elif self.layout == "sliced":
+            x = torch.randint(low, high, shape[::-1], generator=g).to(self.dtype)
+            return x.permute(*reversed(range(len(shape))))
+        if self.layout == "sliced":
             wide = [*shape[:-1], 2 * shape[-1]]
-            x = torch.randint(low, high, wide, generator=g)[..., ::2]
-        else:
-            x = torch.randint(low, high, shape, generator=g)
-        return x.to(self.dtype)
+            return torch.randint(low, high, wide, generator=g).to(self.dtype)[..., ::2]
+        return torch.randint(low, high, shape, generator=g).to(self.dtype)
 
     @staticmethod
     def pre(x: torch.Tensor) -> torch.Tensor:
