@@ -184,13 +184,13 @@ def _rows(kind, per_rank, n, config, elem, where, tokens, compiled=False):
 
 
 def _gpu(args) -> tuple[list[dict], list[str]]:
-    from compile_ops.check import print_table
+    from compile_ops.check import _default_backend, print_table
     from compile_ops.moe.check import moe_rows
     from compile_ops.testing.pool import WorkerPool
 
     if not torch.accelerator.is_available():
         raise SystemExit("--device gpu: no accelerator found")
-    backend = {"cuda": "nccl", "xpu": "xccl"}[torch.accelerator.current_accelerator().type]
+    backend = _default_backend()
     n = args.world_size
     if n > torch.accelerator.device_count():
         raise SystemExit(f"-n {n}: only {torch.accelerator.device_count()} devices (one per rank)")

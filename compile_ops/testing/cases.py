@@ -16,6 +16,7 @@ import torch.distributed as dist
 import compile_ops
 
 from . import reference
+from .compare import to_device_keeping_layout
 
 OPS = (
     "all_reduce",
@@ -191,7 +192,7 @@ def run_case(case: Case, modes: tuple[str, ...] = MODES) -> dict[str, object]:
     Runs inside a worker of a pool (see ``pool.py``); module-level so it pickles.
     """
     rank = dist.get_rank()
-    x = case.input(rank).to(case.device)
+    x = to_device_keeping_layout(case.input(rank), case.device)
     x_before = x.clone()
 
     def fn(t: torch.Tensor) -> torch.Tensor:
