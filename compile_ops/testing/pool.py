@@ -4,8 +4,11 @@ Starting a world costs seconds (interpreter, torch import, rendezvous); running 
 milliseconds. So a pool is started once per world size and backend and reused: ``pool.run(fn, ...)``
 ships ``fn`` (a picklable, module-level function) to every rank and returns the per-rank results.
 
-A rank that raises, hangs or dies becomes a clear exception in the caller within a timeout; a pool
-whose ranks may be stuck inside a collective is torn down and started afresh on the next call.
+Every job carries an id and every answer names the job it answers, so a result can only ever come
+from its own job. A rank that raises becomes a ``WorkerError``; an exchange that breaks (a rank dies,
+hangs past the timeout, closes its pipe, answers another job, or the caller stops waiting halfway)
+becomes an ``ExchangeError`` and the world is torn down and started afresh for the next job, because
+its ranks may be stuck inside a collective or still working on the abandoned job.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import itertools
 import multiprocessing as mp
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
@@ -29,7 +36,8 @@ _GRACE_S = 20.0
 
 
 class WorkerError(RuntimeError):
-    """One or more ranks raised; ``failures`` maps rank -> formatted traceback."""
+    """One or more ranks failed; ``failures`` maps rank -> formatted traceback (or what went
+    wrong), ``exceptions`` rank -> the exception raised there, where it could be sent back."""
 
     def __init__(
         self, fn_name: str, failures: dict[int, str], exceptions: dict[int, BaseException]
@@ -40,8 +48,13 @@ class WorkerError(RuntimeError):
         super().__init__(f"{fn_name} failed on ranks {sorted(failures)}:\n{detail}")
 
 
-class WorkerTimeout(WorkerError):
-    """Some ranks did not answer in time (a deadlock or a crash); the pool was restarted."""
+class ExchangeError(WorkerError):
+    """The exchange with some ranks broke (a rank died, closed its pipe, answered another job,
+    or could not be sent its job); the world was torn down and the next job starts a fresh one."""
+
+
+class WorkerTimeout(ExchangeError):
+    """Some ranks did not answer in time (a deadlock or a crash); the world was torn down."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,41 @@ class _Failure:
     exception: BaseException | None
 
 
+def _dumps(obj: Any) -> bytes:
+    # The pickler multiprocessing itself uses: torch registers reductions with it that pass
+    # tensors through shared memory instead of copying them through the pipe.
+    return bytes(ForkingPickler.dumps(obj))
+
+
 def _to_cpu(value: Any) -> Any:
     # Accelerator tensors cannot cross a pipe cheaply and portably; results come back on the CPU.
     return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), value)
 
 
-def _worker_main(rank, world_size, backend, store_port, conn, env):
-    os.environ.update(env)
+def _failure(e: BaseException) -> _Failure:
+    """The failure to send back: the exception itself only if it survives a round trip through
+    pickle (one that needs other constructor arguments, say, does not)."""
+    tb = traceback.format_exc()
+    try:
+        pickle.loads(_dumps(e))
+    except Exception as why:
+        note = f"(the exception itself cannot be sent back: {type(why).__name__}: {why})"
+        return _Failure(f"{tb}{note}", None)
+    return _Failure(tb, e)
+
+
+def _answer(job: int, kind: str, value: Any) -> bytes:
+    """One message: (job id, "ok" | "err", pickled value). The value is pickled on its own so that
+    the receiver can always read which job an answer belongs to, even if the value will not load."""
+    try:
+        payload = _dumps(value)
+    except Exception as e:
+        kind = "err"
+        payload = _dumps(_Failure(f"the result does not pickle: {type(e).__name__}: {e}", None))
+    return _dumps((job, kind, payload))
+
+
+def _join_world(rank, world_size, backend, store_port) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -77,7 +118,15 @@ def _worker_main(rank, world_size, backend, store_port, conn, env):
     )
     import compile_ops  # noqa: F401  (registers the ops in every rank)
 
-    conn.send(("ready", rank))
+
+def _worker_main(rank, world_size, backend, store_port, conn, env, ready_job):
+    os.environ.update(env)
+    try:
+        _join_world(rank, world_size, backend, store_port)
+    except BaseException as e:
+        conn.send_bytes(_answer(ready_job, "err", _failure(e)))
+        return
+    conn.send_bytes(_answer(ready_job, "ok", rank))
     while True:
         try:
             msg = conn.recv()
@@ -85,15 +134,15 @@ def _worker_main(rank, world_size, backend, store_port, conn, env):
             break
         if msg is None:
             break
-        fn, args = msg
+        job, payload = msg
         try:
-            conn.send(("ok", _to_cpu(fn(*args))))
+            fn, args = pickle.loads(payload)
+            kind, value = "ok", _to_cpu(fn(*args))
         except BaseException as e:
-            tb = traceback.format_exc()
-            try:
-                conn.send(("err", _Failure(tb, e)))
-            except Exception:  # the exception itself may not pickle
-                conn.send(("err", _Failure(tb, None)))
+            kind, value = "err", _failure(e)
+        conn.send_bytes(_answer(job, kind, value))
+    import torch.distributed as dist
+
     dist.destroy_process_group()
 
 
@@ -107,12 +156,18 @@ class WorkerPool:
         self._procs: list[mp.Process] = []
         self._conns: list[Any] = []
         self._store = None
+        self._ids = itertools.count()
+        # False from the moment a job is sent until all its answers are in: a world left in that
+        # state (the caller stopped waiting) is busy with a job nobody will read, so it is replaced.
+        self._in_step = True
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> WorkerPool:
-        if self._procs:
+        """Start the world, or replace one left busy with a job nobody waits for any more."""
+        if self._procs and self._in_step:
             return self
+        self._kill()
         import torch.distributed as dist
 
         # The parent hosts the rendezvous store on a port the OS picks: no fixed or guessed ports.
@@ -120,11 +175,20 @@ class WorkerPool:
             "127.0.0.1", 0, self.world_size + 1, is_master=True, wait_for_workers=False
         )
         ctx = mp.get_context("spawn")
+        ready_job = next(self._ids)
         for rank in range(self.world_size):
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=_worker_main,
-                args=(rank, self.world_size, self.backend, self._store.port, child, self.env),
+                args=(
+                    rank,
+                    self.world_size,
+                    self.backend,
+                    self._store.port,
+                    child,
+                    self.env,
+                    ready_job,
+                ),
                 daemon=True,
                 name=f"compile-ops-rank{rank}",
             )
@@ -132,8 +196,12 @@ class WorkerPool:
             child.close()
             self._procs.append(p)
             self._conns.append(parent)
-        results = self._collect("start", DEFAULT_TIMEOUT_S)
-        assert sorted(r for r in results) == list(range(self.world_size))
+        self._in_step = False
+        try:
+            self._collect(ready_job, "starting the world", DEFAULT_TIMEOUT_S)
+        except WorkerError:
+            self._kill()  # a world some ranks did not join is of no use
+            raise
         return self
 
     def close(self) -> None:
@@ -152,6 +220,7 @@ class WorkerPool:
         for conn in self._conns:
             conn.close()
         self._procs, self._conns, self._store = [], [], None
+        self._in_step = True
 
     # -- running -------------------------------------------------------------------------------
 
@@ -165,62 +234,102 @@ class WorkerPool:
         per_rank_args: Sequence[Sequence[Any]],
         timeout: float | None = None,
     ) -> list[Any]:
-        """Run ``fn(*per_rank_args[r])`` on rank r; return the results indexed by rank."""
+        """Run ``fn(*per_rank_args[r])`` on rank r; return the results indexed by rank.
+
+        Raises ``pickle.PicklingError`` (having sent nothing) if a rank's job does not pickle,
+        ``WorkerError`` if ranks raised, ``ExchangeError``/``WorkerTimeout`` if the exchange broke.
+        """
         if len(per_rank_args) != self.world_size:
             raise ValueError(f"need {self.world_size} argument tuples, got {len(per_rank_args)}")
+        fn_name = getattr(fn, "__qualname__", repr(fn))
+        payloads = [_pickle_job(fn_name, rank, fn, args) for rank, args in enumerate(per_rank_args)]
         self.start()
-        for conn, args in zip(self._conns, per_rank_args, strict=True):
-            conn.send((fn, tuple(args)))
-        return self._collect(getattr(fn, "__qualname__", repr(fn)), timeout or DEFAULT_TIMEOUT_S)
+        job = next(self._ids)
+        self._in_step = False
+        unsent = {}
+        for rank, (conn, payload) in enumerate(zip(self._conns, payloads, strict=True)):
+            try:
+                conn.send((job, payload))
+            except OSError as e:
+                unsent[rank] = f"could not be sent its job: {type(e).__name__}: {e}"
+        if unsent:
+            self._kill()
+            raise ExchangeError(fn_name, unsent, {})
+        return self._collect(job, fn_name, timeout or DEFAULT_TIMEOUT_S)
 
-    def _collect(self, fn_name: str, timeout: float) -> list[Any]:
+    def _collect(self, job: int, fn_name: str, timeout: float) -> list[Any]:
+        """Every rank's answer to ``job``; on success or plain failures the world is in step."""
         deadline = time.monotonic() + timeout
         results: dict[int, Any] = {}
         failures: dict[int, _Failure] = {}
-        pending = dict(enumerate(self._conns))
+        broken: dict[int, str] = {}
+        pending = set(range(self.world_size))
         while pending:
-            now = time.monotonic()
             if failures:
-                deadline = min(deadline, now + _GRACE_S)
-            if now >= deadline:
+                deadline = min(deadline, time.monotonic() + _GRACE_S)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            for rank, conn in list(pending.items()):
-                if not conn.poll(0.01):
-                    if not self._procs[rank].is_alive():
-                        failures[rank] = _Failure(
-                            f"rank {rank} died (exit code {self._procs[rank].exitcode})", None
-                        )
-                        del pending[rank]
+            waiting = [self._conns[r] for r in pending] + [self._procs[r].sentinel for r in pending]
+            wait(waiting, timeout=remaining)
+            for rank in sorted(pending):
+                outcome = self._read(rank, job)
+                if outcome is None:
                     continue
-                try:
-                    kind, value = conn.recv()
-                except EOFError:
-                    failures[rank] = _Failure(f"rank {rank} closed its pipe", None)
+                pending.discard(rank)
+                kind, value = outcome
+                if kind == "ok":
+                    results[rank] = value
+                elif kind == "err":
+                    failures[rank] = value
                 else:
-                    if kind == "err":
-                        failures[rank] = value
-                    else:
-                        results[rank] = value
-                del pending[rank]
-        if pending or any(f.exception is None for f in failures.values()):
-            # Ranks may be stuck inside a collective or dead: this world is unusable.
-            for rank in pending:
-                failures[rank] = _Failure(
-                    f"rank {rank} gave no answer within {timeout:.0f}s (deadlock or crash?)", None
-                )
+                    broken[rank] = value
+        for rank in pending:
+            broken[rank] = f"rank {rank} gave no answer within {timeout:.0f}s (deadlock or crash?)"
+        tracebacks = {r: f.traceback for r, f in failures.items()}
+        exceptions = {r: f.exception for r, f in failures.items() if f.exception is not None}
+        if broken:
             self._kill()
-            raise WorkerTimeout(
-                fn_name,
-                {r: f.traceback for r, f in failures.items()},
-                {r: f.exception for r, f in failures.items() if f.exception is not None},
-            )
+            error = WorkerTimeout if pending else ExchangeError
+            raise error(fn_name, {**tracebacks, **broken}, exceptions)
+        self._in_step = True
         if failures:
-            raise WorkerError(
-                fn_name,
-                {r: f.traceback for r, f in failures.items()},
-                {r: f.exception for r, f in failures.items() if f.exception is not None},
-            )
+            raise WorkerError(fn_name, tracebacks, exceptions)
         return [results[r] for r in range(self.world_size)]
+
+    def _read(self, rank: int, job: int) -> tuple[str, Any] | None:
+        """("ok", result), ("err", _Failure) or ("broken", why) for ``rank``; None: no answer yet."""
+        conn, proc = self._conns[rank], self._procs[rank]
+        if not conn.poll(0):
+            if proc.is_alive():
+                return None
+            return "broken", f"rank {rank} died (exit code {proc.exitcode})"
+        try:
+            answered, kind, payload = pickle.loads(conn.recv_bytes())
+        except EOFError:
+            proc.join(timeout=1)  # a rank that dies closes its pipe first
+            if proc.exitcode is not None:
+                return "broken", f"rank {rank} died (exit code {proc.exitcode})"
+            return "broken", f"rank {rank} closed its pipe"
+        if answered != job:
+            return "broken", f"rank {rank} answered job {answered} while job {job} was waited for"
+        try:
+            return kind, pickle.loads(payload)
+        except Exception as e:
+            # The rank is in step (it answered this job); only its answer cannot be read here.
+            why = f"rank {rank}'s answer does not unpickle here: {type(e).__name__}: {e}"
+            return "err", _Failure(why, None)
+
+
+def _pickle_job(fn_name: str, rank: int, fn: Callable[..., Any], args: Sequence[Any]) -> bytes:
+    # Every rank's job is pickled before any is sent: a job that fails to pickle sends nothing.
+    try:
+        return _dumps((fn, tuple(args)))
+    except Exception as e:
+        raise pickle.PicklingError(
+            f"{fn_name}: the job for rank {rank} does not pickle (nothing was sent to any rank): "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 _pools: dict[tuple[int, str], WorkerPool] = {}
