@@ -5,6 +5,10 @@ teaches Inductor's reinplacing pass the in-place twins and applies the Inductor 
 on (see ``inductor_patches`` and docs/patches.md).
 """
 
+import re
+from importlib import metadata
+from pathlib import Path
+
 import inductor_patches
 
 from . import reinplace
@@ -18,11 +22,33 @@ from .collectives import (
     reduce_scatter,
     reduce_scatterv,
 )
-from .groups import GroupError, register_group, registered_groups, resolve_group, unregister_group
+from .groups import (
+    GroupError,
+    GroupLike,
+    register_group,
+    registered_groups,
+    resolve_group,
+    unregister_group,
+)
 
 reinplace.register()
 
-__version__ = "0.1.0"
+
+def _read_version() -> str:
+    """The version pyproject.toml declares: from the installed metadata, or, in a source tree
+    that is not installed (on ``sys.path`` only), from pyproject.toml itself."""
+    try:
+        return metadata.version("compile-ops")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        # A regular expression, not tomllib: that is Python >= 3.11, and we support 3.10.
+        found = pyproject.is_file() and re.search(
+            r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.MULTILINE
+        )
+        return found.group(1) if found else "0+unknown"
+
+
+__version__ = _read_version()
 
 # Code compiled by another compile-ops version or patch set is never served from the cache.
 inductor_patches.set_cache_key_component("compile_ops", __version__)
@@ -31,6 +57,7 @@ inductor_patches.apply_configured()
 __all__ = [
     "REDUCE_OPS",
     "GroupError",
+    "GroupLike",
     "all_gather",
     "all_gatherv",
     "all_reduce",

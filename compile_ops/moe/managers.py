@@ -17,6 +17,7 @@ says True but did not, the sum is missing. The block's debug mode detects both a
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,9 +47,11 @@ def _unpack_routing(x: torch.Tensor, routing: torch.Tensor, state=()) -> Dispatc
     return Dispatched(x, routing[:, :k].to(torch.int64), routing[:, k:], tuple(state))
 
 
-class All2AllManager(torch.nn.Module):
+class All2AllManager(torch.nn.Module, abc.ABC):
     """Base of the managers: binds the layout's group; subclasses state ``name`` and
-    ``output_is_reduced`` and implement ``dispatch``/``combine`` (and ``home_rows`` if needed)."""
+    ``output_is_reduced`` (checked when the class is defined) and implement ``dispatch`` and
+    ``combine`` (abstract: a manager without them cannot be instantiated), and ``home_rows``
+    if needed."""
 
     name: ClassVar[str]
     output_is_reduced: ClassVar[bool]
@@ -70,13 +73,17 @@ class All2AllManager(torch.nn.Module):
         self.comm = GroupComm(layout.group, f"moe.{type(self).__name__}")
         self.comm.check_device(torch.device(device))
 
+    @abc.abstractmethod
     def dispatch(
         self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
     ) -> Dispatched:
-        raise NotImplementedError
+        """Move each token to the ranks that hold its experts; ``Dispatched.state`` carries
+        what ``combine`` needs to bring the outputs back."""
 
+    @abc.abstractmethod
     def combine(self, y: torch.Tensor, d: Dispatched) -> torch.Tensor:
-        raise NotImplementedError
+        """The experts' outputs ``y`` back on the tokens ``dispatch`` took them from: summed
+        over the group if and only if ``output_is_reduced``."""
 
     def home_rows(self, out: torch.Tensor, d: Dispatched) -> torch.Tensor:
         """This rank's token rows of the (by now reduced) combine output."""
