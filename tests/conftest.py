@@ -1,26 +1,56 @@
+"""Fixtures shared by the suite, and GPU gating in one place.
+
+A test that needs accelerator devices carries the ``gpu`` marker: ``@pytest.mark.gpu`` for one
+device, ``pytest.mark.gpu(devices=n)`` for n (``gpu_worlds`` adds it per world size). At collection,
+``pytest_collection_modifyitems`` counts the devices and skips, with the reason, every test that
+needs more than are present; nothing else in the suite decides whether a GPU test runs.
+"""
+
 import pytest
 import torch
+import torch.distributed as dist
 
 from compile_ops.testing.pool import close_all_pools, get_pool
 
 
-def gpu_count() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+def accelerator_backend() -> str | None:
+    """The collective backend of this machine's accelerator (NCCL for CUDA, XCCL for XPU), from
+    torch's own device -> backend map; None without an accelerator or where it has none of its
+    own (the CPU's gloo is not a GPU test)."""
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    if accelerator is None:
+        return None
+    backend = dist.Backend.default_device_backend_map.get(accelerator.type)
+    return None if backend == dist.Backend.default_device_backend_map["cpu"] else backend
 
 
-def _needs(gpus: int) -> str:
-    return "needs a CUDA GPU and NCCL" if gpus == 1 else f"needs {gpus} CUDA GPUs and NCCL"
-
-
-requires_gpu = pytest.mark.skipif(gpu_count() < 1, reason=_needs(1))
+def accelerator_count() -> int:
+    """Devices a GPU test can put one rank on each of; 0 where none is usable."""
+    return torch.accelerator.device_count() if accelerator_backend() is not None else 0
 
 
 def gpu_worlds(*sizes: int) -> list:
-    """World sizes for NCCL tests, one GPU per rank; each skips where fewer GPUs are present."""
-    return [
-        pytest.param(n, id=f"w{n}", marks=pytest.mark.skipif(gpu_count() < n, reason=_needs(n)))
-        for n in sizes
-    ]
+    """World sizes for GPU tests, one device per rank; each needs that many devices."""
+    return [pytest.param(n, id=f"w{n}", marks=pytest.mark.gpu(devices=n)) for n in sizes]
+
+
+def _devices_needed(item: pytest.Item) -> int:
+    return max((m.kwargs.get("devices", 1) for m in item.iter_markers("gpu")), default=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    present, backend = accelerator_count(), accelerator_backend()
+    if backend is None:
+        here = "none is present here"
+    else:
+        here = (
+            f"{present} {torch.accelerator.current_accelerator().type} device(s) here ({backend})"
+        )
+    for item in items:
+        needed = _devices_needed(item)
+        if needed > present:
+            reason = f"needs {needed} accelerator device(s) with a collective backend; {here}"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,7 +14,7 @@ number of GPUs) where GPUs are present.
 import os
 
 import pytest
-from conftest import gpu_count, requires_gpu
+from conftest import accelerator_count
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,11 +24,11 @@ from compile_ops.testing.strategies import cases, programs
 
 LONG = os.environ.get("COMPILE_OPS_FUZZ", "ci") == "long"
 PER_OP, PROGRAMS = (650, 1000) if LONG else (200, 40)
-DEVICES = ["cpu", pytest.param("cuda", marks=[requires_gpu, pytest.mark.gpu])]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def world_sizes(device: str) -> tuple[int, ...]:
-    return (1, 2, 3, 4) if device == "cpu" else tuple(range(1, min(4, gpu_count()) + 1))
+    return (1, 2, 3, 4) if device == "cpu" else tuple(range(1, min(4, accelerator_count()) + 1))
 
 
 def fuzz_settings(max_examples):

@@ -4,11 +4,11 @@ present. Skipped where no GPU is present."""
 import pytest
 import torch
 import workers
-from conftest import gpu_worlds, requires_gpu
+from conftest import gpu_worlds
 
 from compile_ops.testing.cases import OPS, Case, assert_case_results, run_case
 
-pytestmark = [requires_gpu, pytest.mark.gpu]
+pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("world_size", gpu_worlds(1, 2))

@@ -9,7 +9,7 @@ from capture_workers import (
     replay_matches_eager,
     stream_and_status,
 )
-from conftest import gpu_worlds, requires_gpu
+from conftest import gpu_worlds
 from moe_workers import CONFIG
 
 from compile_ops.graph_capture import (
@@ -137,7 +137,6 @@ def test_replay_of_plain_tensor_arguments_checks_them_too():
 # --- GPU: capture and replay over NCCL ----------------------------------------------------------
 
 
-@requires_gpu
 @pytest.mark.gpu
 def test_capture_runs_on_a_side_stream_it_hands_out(world):
     (result,) = world(1, "nccl").run(stream_and_status)
@@ -149,7 +148,6 @@ def test_capture_runs_on_a_side_stream_it_hands_out(world):
     torch.testing.assert_close(result["out"], result["expected"])
 
 
-@requires_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("world_size", gpu_worlds(1, 2))
 def test_compiled_tp_mlp_replays_match_eager(world, world_size):
@@ -164,14 +162,12 @@ def test_compiled_tp_mlp_replays_match_eager(world, world_size):
         assert result["pools"] == 1, "the sizes were not captured into one memory pool"
 
 
-@requires_gpu
 @pytest.mark.gpu
 def test_sizes_share_one_pool(world):
     ((shared, separate),) = world(1, "nccl").run(pool_bytes, HIDDEN, FFN, SIZES)
     assert 0 < shared < separate, f"shared pool {shared} B, a pool per size {separate} B"
 
 
-@requires_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("manager", ["naive", "agrs"])
 def test_compiled_moe_block_replays_match_eager(world, manager):

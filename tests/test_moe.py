@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 import torch
-from conftest import gpu_worlds, requires_gpu
+from conftest import gpu_worlds
 from moe_workers import SIGMOID, bad_inputs, run_block, run_block_on_accelerator, run_flipped
 
 from compile_ops import moe
@@ -191,7 +191,6 @@ def test_bad_input_raises_clear_errors(world):
 GPU_STEPS = {1: [[1], [7], [512], [33]], 2: COMPILED_STEPS[2]}
 
 
-@requires_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("world_size", gpu_worlds(1, 2))
 @pytest.mark.parametrize("kind", ["tp", "ep"])
