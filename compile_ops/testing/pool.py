@@ -205,6 +205,9 @@ class WorkerPool:
         return self
 
     def close(self) -> None:
+        if not self._in_step:  # its ranks are busy with an abandoned job: no clean way out
+            self._kill()
+            return
         for conn in self._conns:
             with contextlib.suppress(OSError):
                 conn.send(None)
