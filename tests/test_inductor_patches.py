@@ -10,6 +10,7 @@ import torch
 import torch.compiler.config as compiler_config
 from torch._dynamo.utils import counters
 
+import compile_ops
 import inductor_patches
 from inductor_patches import Patch, PatchWarning, Replacement, cache_key
 
@@ -239,4 +240,4 @@ def test_import_compile_ops_applies_configured_patches():
         assert f"realize_on_reuse@{patch.fingerprint()}" in out
     else:
         assert "other torch version" in row
-    assert "compile_ops=0.1.0" in out.split("TAG", 1)[1]
+    assert f"compile_ops={compile_ops.__version__}" in out.split("TAG", 1)[1]
