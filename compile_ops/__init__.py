@@ -8,17 +8,9 @@ on (see ``inductor_patches`` and docs/patches.md).
 import inductor_patches
 
 from . import reinplace
-from .collectives import (
-    REDUCE_OPS,
-    all_gather,
-    all_gatherv,
-    all_reduce,
-    all_to_all,
-    broadcast,
-    reduce_scatter,
-    reduce_scatterv,
-)
 from .groups import GroupError, register_group, registered_groups, resolve_group, unregister_group
+from .ops import REDUCE_OPS, collectives
+from .ops.collectives import *  # noqa: F403  (every op's public wrapper: collectives.__all__)
 
 reinplace.register()
 
@@ -29,15 +21,9 @@ inductor_patches.set_cache_key_component("compile_ops", __version__)
 inductor_patches.apply_configured()
 
 __all__ = [
+    *collectives.__all__,
     "REDUCE_OPS",
     "GroupError",
-    "all_gather",
-    "all_gatherv",
-    "all_reduce",
-    "all_to_all",
-    "broadcast",
-    "reduce_scatter",
-    "reduce_scatterv",
     "register_group",
     "registered_groups",
     "resolve_group",
