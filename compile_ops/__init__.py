@@ -12,16 +12,6 @@ from pathlib import Path
 import inductor_patches
 
 from . import reinplace
-from .collectives import (
-    REDUCE_OPS,
-    all_gather,
-    all_gatherv,
-    all_reduce,
-    all_to_all,
-    broadcast,
-    reduce_scatter,
-    reduce_scatterv,
-)
 from .groups import (
     GroupError,
     GroupLike,
@@ -30,6 +20,8 @@ from .groups import (
     resolve_group,
     unregister_group,
 )
+from .ops import REDUCE_OPS, collectives
+from .ops.collectives import *  # noqa: F403  (every op's public wrapper: collectives.__all__)
 
 reinplace.register()
 
@@ -55,16 +47,10 @@ inductor_patches.set_cache_key_component("compile_ops", __version__)
 inductor_patches.apply_configured()
 
 __all__ = [
+    *collectives.__all__,
     "REDUCE_OPS",
     "GroupError",
     "GroupLike",
-    "all_gather",
-    "all_gatherv",
-    "all_reduce",
-    "all_to_all",
-    "broadcast",
-    "reduce_scatter",
-    "reduce_scatterv",
     "register_group",
     "registered_groups",
     "resolve_group",

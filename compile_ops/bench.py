@@ -42,7 +42,7 @@ from torch.distributed.distributed_c10d import _resolve_process_group
 
 import compile_ops
 
-from .collectives import _ALL_REDUCE_OPTS, _wait
+from .ops.backend import ALL_REDUCE_OPTS, wait
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -423,11 +423,11 @@ class Bench:
         x = self.inputs(TINY_ELEMENTS * 4, torch.float32)[0][:TINY_ELEMENTS].clone()
         raw_x = x.clone()
         group, name = self.group, self.group.group_name
-        options = _ALL_REDUCE_OPTS["sum"]
+        options = ALL_REDUCE_OPTS["sum"]
         op = torch.ops.compile_ops.all_reduce.default
         contenders = {
             "raw dist.all_reduce": lambda i: dist.all_reduce(raw_x, group=group),
-            "ProcessGroup.allreduce": lambda i: _wait(group.allreduce([raw_x], options)),
+            "ProcessGroup.allreduce": lambda i: wait(group.allreduce([raw_x], options)),
             "_c10d_functional+wait": lambda i: F.wait_tensor(F.all_reduce(x, "sum", name)),
             "funcol.all_reduce+wait": lambda i: fc.wait_tensor(fc.all_reduce(x, "sum", group)),
             "Library.define op": lambda i: torch.ops.compile_ops_bench.bare_all_reduce(x, name),

@@ -3,6 +3,7 @@
 Where the input of ``all_reduce``/``broadcast`` is dead after the op, the pass rewrites the node to
 ``all_reduce_``/``broadcast_`` on the same buffer, so the compiled code neither allocates nor copies.
 Where the input is still read later, the pass leaves the out-of-place op alone (one allocation).
+The pairs come from the spec table: every op whose twin works in place on ``x``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import torch
 from torch._inductor.fx_passes.reinplace import InplaceableOp, inplaceable_ops
 
+from .ops import SPECS
+
 # out-of-place op -> (in-place twin, index of the argument it writes)
 INPLACE_TWINS = {
-    "all_reduce": ("all_reduce_", 0),
-    "broadcast": ("broadcast_", 0),
+    spec.name: (spec.twin_name, 0) for spec in SPECS.values() if spec.twin == "inplace"
 }
 
 

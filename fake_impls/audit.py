@@ -22,7 +22,7 @@ import argparse
 import contextlib
 import importlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +33,15 @@ from torch._library.utils import can_generate_trivial_fake_impl
 from .collectives import NAMESPACE as COMPILE_OPS
 from .register import Sample, qualname, resolve_op
 
-__all__ = ["OpReport", "audit", "collective_samples", "fake_kernel", "format_table", "schema_kind"]
+__all__ = [
+    "OpReport",
+    "audit",
+    "collective_samples",
+    "fake_kernel",
+    "format_table",
+    "schema_kind",
+    "set_collective_samples",
+]
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -212,44 +220,25 @@ def _default_group() -> Iterator[dist.ProcessGroup]:
         dist.destroy_process_group()
 
 
+# compile_ops hands its samples over when it defines its ops (set_collective_samples): they are
+# derived from its op table, which this package may not import.
+_collective_samples: Callable[[dist.ProcessGroup], dict[str, list[Sample]]] | None = None
+
+
+def set_collective_samples(provider: Callable[[dist.ProcessGroup], dict[str, list[Sample]]]):
+    """Where :func:`collective_samples` gets ``compile_ops``'s samples from."""
+    global _collective_samples
+    _collective_samples = provider
+
+
 def collective_samples(group: dist.ProcessGroup) -> dict[str, list[Sample]]:
     """opcheck inputs for every ``compile_ops`` overload, on this rank of ``group``.
 
     Rank-dependent sizes make the variable-size ops uneven whenever the group has several ranks.
     """
-    n, rank, name = group.size(), group.rank(), group.group_name
-    device_types = {d.type for d in group._device_types}
-    device = "cpu" if "cpu" in device_types else torch.accelerator.current_accelerator().type
-    gen = torch.Generator().manual_seed(rank)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen).to(device)
-
-    x = rand(2 * n, 3)
-    sizes = [r + 1 for r in range(n)]  # rank r holds r + 1 rows
-    mine = rand(sizes[rank], 3)
-    total = rand(sum(sizes), 3)
-    ones = [1] * n
-
-    def out(*shape: int) -> dict[str, torch.Tensor]:
-        return {"out": torch.empty(*shape, device=device)}
-
-    return {
-        "all_reduce": [((x, "sum", name), {}), ((x, "max", name), {})],
-        "all_reduce_": [((x.clone(), "sum", name), {})],
-        "broadcast": [((x, 0, name), {})],
-        "broadcast_": [((x.clone(), 0, name), {})],
-        "all_gather": [((x, 0, n, name), {}), ((x, 1, n, name), {})],
-        "all_gather.out": [((x, 0, n, name), out(2 * n * n, 3))],
-        "all_gatherv": [((mine, sizes, 0, name), {})],
-        "all_gatherv.out": [((mine, sizes, 0, name), out(sum(sizes), 3))],
-        "reduce_scatter": [((x, 0, "sum", n, name), {})],
-        "reduce_scatter.out": [((x, 0, "sum", n, name), out(2, 3))],
-        "reduce_scatterv": [((total, sizes, 0, "sum", rank, name), {})],
-        "reduce_scatterv.out": [((total, sizes, 0, "sum", rank, name), out(sizes[rank], 3))],
-        "all_to_all": [((rand(n, 3), ones, ones, name), {})],
-        "all_to_all.out": [((rand(n, 3), ones, ones, name), out(n, 3))],
-    }
+    if _collective_samples is None:
+        raise ValueError("no samples for compile_ops: import compile_ops first")
+    return _collective_samples(group)
 
 
 # ----------------------------------------------------------------------------------------------

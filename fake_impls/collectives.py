@@ -4,13 +4,16 @@ Each rule validates its arguments and returns the output shape. The same rule ru
 kernel (at trace time, on SymInts) and in the eager kernel (before any communication), so a bad
 argument fails identically in both, on every rank that passes the same arguments.
 
+A rule takes the op's arguments except the trailing ``group_name``: ``rule(x, *args)``. The
+fake factories at the end turn a rule into the fake of an op and of its twin.
+
 Only arguments are read here, never process state: the FX graph cache is shared by all ranks of a
 machine, so a shape taken from ``dist.get_rank()`` would be served to the wrong rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -154,95 +157,34 @@ def check_out(op: str, out: torch.Tensor, x: torch.Tensor, shape: Sequence[SymIn
     )
 
 
-def _new(x: torch.Tensor, shape: Sequence[SymInt]) -> torch.Tensor:
-    return x.new_empty(shape)
+# Fake kernels, one factory per kind of overload. Each calls the op's shape rule with the op's
+# arguments minus the trailing ``group_name`` (the convention every shape rule above follows).
 
 
-# Fake kernels: the out-of-place ops allocate, the twins return the tensor they write.
+def functional_fake(rule: Callable[..., Sequence[SymInt]]) -> Callable[..., torch.Tensor]:
+    """Fake of an out-of-place op: a new tensor of the rule's shape."""
+
+    def fake(x, *args):
+        return x.new_empty(rule(x, *args[:-1]))
+
+    return fake
 
 
-def _fake_all_reduce(x, op, group_name):
-    return _new(x, all_reduce_shape(x, op))
+def inplace_fake(rule: Callable[..., Sequence[SymInt]]) -> Callable[..., torch.Tensor]:
+    """Fake of an in-place twin (``<op>_``): checks the arguments, returns the tensor it writes."""
+
+    def fake(x, *args):
+        rule(x, *args[:-1])
+        return x
+
+    return fake
 
 
-def _fake_all_reduce_(x, op, group_name):
-    all_reduce_shape(x, op)
-    return x
+def out_fake(op: str, rule: Callable[..., Sequence[SymInt]]) -> Callable[..., torch.Tensor]:
+    """Fake of an ``.out`` twin: checks the arguments and ``out``, returns ``out``."""
 
+    def fake(x, *args, out):
+        check_out(op, out, x, rule(x, *args[:-1]))
+        return out
 
-def _fake_broadcast(x, src, group_name):
-    return _new(x, broadcast_shape(x, src))
-
-
-def _fake_broadcast_(x, src, group_name):
-    broadcast_shape(x, src)
-    return x
-
-
-def _fake_all_gather(x, dim, group_size, group_name):
-    return _new(x, all_gather_shape(x, dim, group_size))
-
-
-def _fake_all_gather_out(x, dim, group_size, group_name, *, out):
-    check_out("all_gather", out, x, all_gather_shape(x, dim, group_size))
-    return out
-
-
-def _fake_all_gatherv(x, sizes, dim, group_name):
-    return _new(x, all_gatherv_shape(x, sizes, dim))
-
-
-def _fake_all_gatherv_out(x, sizes, dim, group_name, *, out):
-    check_out("all_gatherv", out, x, all_gatherv_shape(x, sizes, dim))
-    return out
-
-
-def _fake_reduce_scatter(x, dim, op, group_size, group_name):
-    return _new(x, reduce_scatter_shape(x, dim, op, group_size))
-
-
-def _fake_reduce_scatter_out(x, dim, op, group_size, group_name, *, out):
-    check_out("reduce_scatter", out, x, reduce_scatter_shape(x, dim, op, group_size))
-    return out
-
-
-def _fake_reduce_scatterv(x, sizes, dim, op, rank, group_name):
-    return _new(x, reduce_scatterv_shape(x, sizes, dim, op, rank))
-
-
-def _fake_reduce_scatterv_out(x, sizes, dim, op, rank, group_name, *, out):
-    check_out("reduce_scatterv", out, x, reduce_scatterv_shape(x, sizes, dim, op, rank))
-    return out
-
-
-def _fake_all_to_all(x, output_split_sizes, input_split_sizes, group_name):
-    return _new(x, all_to_all_shape(x, output_split_sizes, input_split_sizes))
-
-
-def _fake_all_to_all_out(x, output_split_sizes, input_split_sizes, group_name, *, out):
-    check_out("all_to_all", out, x, all_to_all_shape(x, output_split_sizes, input_split_sizes))
-    return out
-
-
-FAKES = {
-    "all_reduce": _fake_all_reduce,
-    "all_reduce_": _fake_all_reduce_,
-    "broadcast": _fake_broadcast,
-    "broadcast_": _fake_broadcast_,
-    "all_gather": _fake_all_gather,
-    "all_gather.out": _fake_all_gather_out,
-    "all_gatherv": _fake_all_gatherv,
-    "all_gatherv.out": _fake_all_gatherv_out,
-    "reduce_scatter": _fake_reduce_scatter,
-    "reduce_scatter.out": _fake_reduce_scatter_out,
-    "reduce_scatterv": _fake_reduce_scatterv,
-    "reduce_scatterv.out": _fake_reduce_scatterv_out,
-    "all_to_all": _fake_all_to_all,
-    "all_to_all.out": _fake_all_to_all_out,
-}
-
-
-def register(lib: torch.library.Library | None = None) -> None:
-    """Register every fake above for the ``compile_ops`` namespace (idempotent)."""
-    for name, fn in FAKES.items():
-        torch.library.register_fake(f"{NAMESPACE}::{name}", fn, lib=lib, allow_override=True)
+    return fake

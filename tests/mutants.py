@@ -7,7 +7,9 @@ puts the original back. The mutation tests assert that the testing kit catches e
 import torch
 import torch.distributed as dist
 
-from fake_impls.collectives import FAKES, all_gather_shape
+from compile_ops.ops import SPECS
+from compile_ops.ops.register import fake_kernels
+from fake_impls.collectives import all_gather_shape
 
 _installed: list[torch.library.Library] = []
 
@@ -60,5 +62,6 @@ def install(name: str) -> None:
 def restore() -> None:
     while _installed:
         _installed.pop()._destroy()
-    for name, fn in FAKES.items():
-        torch.library.register_fake(f"compile_ops::{name}", fn, allow_override=True)
+    for spec in SPECS.values():
+        for name, fn in fake_kernels(spec).items():
+            torch.library.register_fake(f"compile_ops::{name}", fn, allow_override=True)

@@ -5,12 +5,13 @@ import torch
 import torch.distributed as dist
 
 import compile_ops
+from compile_ops.ops import SPECS
 from compile_ops.testing.cases import OPS, Case, assert_case_results, run_case
 
 WORLDS = (1, 2, 3, 4)
-REDUCING = ("all_reduce", "reduce_scatter", "reduce_scatterv")
-WITH_DIM = ("all_gather", "all_gatherv", "reduce_scatter", "reduce_scatterv")
-WITH_UNEVEN = ("all_gatherv", "reduce_scatterv", "all_to_all")
+REDUCING = tuple(op for op in OPS if SPECS[op].reduces)
+WITH_DIM = tuple(op for op in OPS if "dim" in SPECS[op].params)
+WITH_UNEVEN = tuple(op for op in OPS if SPECS[op].uneven)
 
 
 def eager_cases():

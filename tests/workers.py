@@ -4,6 +4,7 @@ import torch
 import torch.distributed as dist
 
 import compile_ops
+from compile_ops.ops import SPECS, opcheck_samples
 
 
 def raises(fn, *args, **kwargs):
@@ -25,58 +26,37 @@ def healthy() -> float:
 
 
 def op_samples(device: str = "cpu"):
-    """(overload, args, kwargs) for every compile_ops overload, valid on this rank's world."""
-    with torch.device(device):
-        return _op_samples()
-
-
-def _op_samples():
-    rank, n = dist.get_rank(), dist.get_world_size()
-    name = dist.group.WORLD.group_name
+    """(overload, args, kwargs) for every sample of every compile_ops overload (from the spec
+    table), valid on this rank's world."""
     ops = torch.ops.compile_ops
-    x = torch.randn(2 * n, 3)
-    sizes = [r + 1 for r in range(n)]
-    mine = torch.randn(sizes[rank], 3)
-    splits = [(rank + r) % 3 for r in range(n)]
-    recv = [(s + rank) % 3 for s in range(n)]
-    a2a_in = torch.randn(sum(splits), 3)
+    samples = opcheck_samples(SPECS.values(), dist.group.WORLD, device)
     return [
-        (ops.all_reduce.default, (x, "sum", name), {}),
-        (ops.all_reduce_.default, (x.clone(), "max", name), {}),
-        (ops.broadcast.default, (x, 0, name), {}),
-        (ops.broadcast_.default, (x.clone(), 0, name), {}),
-        (ops.all_gather.default, (x, 1, n, name), {}),
-        (ops.all_gather.out, (x, 0, n, name), {"out": torch.empty(2 * n * n, 3)}),
-        (ops.all_gatherv.default, (mine, sizes, 0, name), {}),
-        (ops.all_gatherv.out, (mine, sizes, 0, name), {"out": torch.empty(sum(sizes), 3)}),
-        (ops.reduce_scatter.default, (x, 0, "sum", n, name), {}),
-        (ops.reduce_scatter.out, (x, 0, "avg", n, name), {"out": torch.empty(2, 3)}),
-        (
-            ops.reduce_scatterv.default,
-            (torch.randn(sum(sizes), 3), sizes, 0, "sum", rank, name),
-            {},
-        ),
-        (
-            ops.reduce_scatterv.out,
-            (torch.randn(sum(sizes), 3), sizes, 0, "sum", rank, name),
-            {"out": torch.empty(sizes[rank], 3)},
-        ),
-        (ops.all_to_all.default, (a2a_in, recv, splits, name), {}),
-        (ops.all_to_all.out, (a2a_in, recv, splits, name), {"out": torch.empty(sum(recv), 3)}),
+        (getattr(getattr(ops, op), overload or "default"), args, kwargs)
+        for name, per_overload in samples.items()
+        for op, _, overload in [name.partition(".")]
+        for args, kwargs in per_overload
     ]
 
 
 def opcheck_all(device: str = "cpu"):
-    """torch.library.opcheck on every overload; returns {overload name: failure or None}."""
+    """torch.library.opcheck on every sample; returns {overload name: [failure or None, ...]}."""
     results = {}
     for op, args, kwargs in op_samples(device):
         torch.manual_seed(0)  # every rank runs the same sequence of collectives
         try:
             torch.library.opcheck(op, args, kwargs)
-            results[str(op)] = None
+            failure = None
         except Exception as e:
-            results[str(op)] = f"{type(e).__name__}: {e}"
+            failure = f"{type(e).__name__}: {e}"
+        results.setdefault(str(op), []).append(failure)
     return results
+
+
+def namespace_overloads() -> set[str]:
+    """Every overload torch knows in the compile_ops namespace, as ``str(OpOverload)`` names it."""
+    from fake_impls.audit import namespace_ops
+
+    return {str(op) for op in namespace_ops("compile_ops")}
 
 
 # --- an out-of-place op must never hand back its input --------------------------------------------

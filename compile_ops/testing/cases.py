@@ -13,20 +13,11 @@ from dataclasses import dataclass, replace
 import torch
 import torch.distributed as dist
 
-import compile_ops
+from compile_ops.ops import SPECS
 
-from . import reference
 from .compare import to_device_keeping_layout
 
-OPS = (
-    "all_reduce",
-    "broadcast",
-    "all_gather",
-    "all_gatherv",
-    "reduce_scatter",
-    "reduce_scatterv",
-    "all_to_all",
-)
+OPS = tuple(SPECS)
 MODES = ("eager", "compiled", "dynamic")
 
 
@@ -37,6 +28,7 @@ class Case:
     ``shape`` is each rank's input shape except along the op's dimension, whose extent follows
     from ``sizes`` (v-ops), ``splits`` (all_to_all) or the world size. ``layout`` lays the same
     values out contiguously, transposed (permuted storage) or sliced (every other element).
+    The arguments the op takes (its spec's ``params``) come from the fields: see ``arguments``.
     """
 
     op: str
@@ -55,9 +47,9 @@ class Case:
 
     def __str__(self) -> str:
         parts = [self.op, f"w{self.world_size}", str(self.dtype).removeprefix("torch.")]
-        if self.op not in ("all_reduce", "broadcast", "all_to_all"):
+        if "dim" in self.spec.params:
             parts.append(f"dim{self.dim}")
-        if self.op in ("all_reduce", "reduce_scatter", "reduce_scatterv"):
+        if self.spec.reduces:
             parts.append(self.reduce_op)
         if self.uneven:
             parts.append("uneven")
@@ -87,23 +79,33 @@ class Case:
         return [self.input_splits(s)[rank] for s in range(self.world_size)]
 
     def source_rank(self) -> int:
+        """The root of a rooted op (broadcast's ``src``, gather's ``dst``): the last rank unless
+        ``src`` says otherwise."""
         return self.world_size - 1 if self.src is None else self.src
 
+    @property
+    def spec(self):
+        return SPECS[self.op]
+
+    def arguments(self, rank: int) -> dict:
+        """The keyword arguments rank ``rank`` passes to the op's public wrapper."""
+        values = {
+            "op": lambda: self.reduce_op,
+            "dim": lambda: self.dim,
+            "src": self.source_rank,
+            "dst": self.source_rank,
+            "sizes": self.extents,
+            "output_split_sizes": lambda: self.output_splits(rank),
+            "input_split_sizes": lambda: self.input_splits(rank),
+        }
+        return {name: values[name]() for name in self.spec.params}
+
     def _dim(self) -> int:
-        return 0 if self.op == "all_to_all" else self.dim % len(self.shape)
+        return self.dim % len(self.shape) if "dim" in self.spec.params else 0
 
     def _extent(self, rank: int) -> int:
-        if self.op == "all_gatherv":
-            return self.extents()[rank]
-        if self.op == "reduce_scatterv":
-            return sum(self.extents())
-        if self.op == "all_gather":
-            return self.shape[self._dim()]
-        if self.op == "reduce_scatter":
-            return self.shape[self._dim()] * self.world_size
-        if self.op == "all_to_all":
-            return sum(self.input_splits(rank))
-        return self.shape[self._dim()]
+        base = self.shape[self._dim()]
+        return self.spec.input_extent(self.arguments(rank), rank, base, self.world_size)
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -131,24 +133,7 @@ class Case:
         return y + 1
 
     def call(self, x: torch.Tensor, rank: int, group=None) -> torch.Tensor:
-        op = self.op
-        if op == "all_reduce":
-            return compile_ops.all_reduce(x, self.reduce_op, group=group)
-        if op == "broadcast":
-            return compile_ops.broadcast(x, src=self.source_rank(), group=group)
-        if op == "all_gather":
-            return compile_ops.all_gather(x, self.dim, group=group)
-        if op == "all_gatherv":
-            return compile_ops.all_gatherv(x, self.extents(), self.dim, group=group)
-        if op == "reduce_scatter":
-            return compile_ops.reduce_scatter(x, self.dim, self.reduce_op, group=group)
-        if op == "reduce_scatterv":
-            return compile_ops.reduce_scatterv(x, self.extents(), self.dim, self.reduce_op, group)
-        if op == "all_to_all":
-            return compile_ops.all_to_all(
-                x, self.output_splits(rank), self.input_splits(rank), group=group
-            )
-        raise ValueError(f"unknown op {op!r}")
+        return self.spec.wrapper(x, **self.arguments(rank), group=group)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The op on this process's rank (a picklable, compilable callable)."""
@@ -156,20 +141,7 @@ class Case:
 
     def reference(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Every rank's result for inputs ``xs``, computed in one process."""
-        op = self.op
-        if op == "all_reduce":
-            return reference.all_reduce(xs, self.reduce_op)
-        if op == "broadcast":
-            return reference.broadcast(xs, src=self.source_rank())
-        if op in ("all_gather", "all_gatherv"):
-            return reference.all_gather(xs, self.dim)
-        if op == "reduce_scatter":
-            return reference.reduce_scatter(xs, self.dim, self.reduce_op)
-        if op == "reduce_scatterv":
-            return reference.reduce_scatterv(xs, self.extents(), self.dim, self.reduce_op)
-        if op == "all_to_all":
-            return reference.all_to_all(xs, [self.input_splits(r) for r in range(self.world_size)])
-        raise ValueError(f"unknown op {op!r}")
+        return self.spec.reference(xs, [self.arguments(r) for r in range(self.world_size)])
 
     def expected(self) -> list[torch.Tensor]:
         """``post(reference(pre(inputs)))`` for every rank."""
@@ -182,8 +154,7 @@ class Case:
 
 def standard_cases(world_size: int) -> list[Case]:
     """One case per op, uneven where the op allows it: the table ``compile-ops check`` prints."""
-    uneven = {"all_gatherv", "reduce_scatterv", "all_to_all"}
-    return [Case(op, world_size, uneven=op in uneven) for op in OPS]
+    return [Case(op, world_size, uneven=SPECS[op].uneven) for op in OPS]
 
 
 def run_case(case: Case, modes: tuple[str, ...] = MODES) -> dict[str, object]:

@@ -87,13 +87,7 @@ class Program:
                     env[step.target] = eval(step.expr, env)
                 continue
             values = [env[step.operand] for env in envs]
-            kwargs = dict(step.kwargs)
-            if step.collective == "all_to_all":  # equal splits of dim 0
-                n = len(values)
-                splits = [[values[0].shape[0] // n] * n] * n
-                outs = reference.all_to_all(values, splits)
-            else:
-                outs = getattr(reference, step.collective)(values, **kwargs)
+            outs = reference.expected(step.collective, values, **dict(step.kwargs))
             for env, out in zip(envs, outs, strict=True):
                 env[step.target] = out
         return [env[self.result] for env in envs]

@@ -1,70 +1,43 @@
 """Single-process references: what each collective must return on each rank.
 
-Each function takes every rank's input (index = group rank) and returns every rank's expected
-output, computed with plain tensor ops in one process. Reductions run in float64 (int64 for
-integers) and are cast back, so the reference is at least as accurate as any backend.
+``expected(collective, inputs, **kwargs)`` takes every rank's input (index = group rank) and the
+keyword arguments given to ``compile_ops.<collective>`` and returns every rank's result, computed
+with plain tensor ops in one process (each op's reference sits beside its wrapper, in its spec
+row).
+Reductions run in float64 (int64 for integers) and are cast back, so the reference is at least as
+accurate as any backend.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-Tensors = Sequence[torch.Tensor]
+from compile_ops.ops import SPECS
 
 
-def _reduce(inputs: Tensors, op: str) -> torch.Tensor:
-    dtype = inputs[0].dtype
-    wide = torch.float64 if dtype.is_floating_point else torch.int64
-    stacked = torch.stack([t.to(wide) for t in inputs])
-    if op == "sum":
-        out = stacked.sum(0)
-    elif op == "avg":
-        out = stacked.mean(0)
-    elif op == "product":
-        out = stacked.prod(0)
-    elif op == "max":
-        out = stacked.amax(0)
-    elif op == "min":
-        out = stacked.amin(0)
-    else:
-        raise ValueError(f"unknown reduce op {op!r}")
-    return out.to(dtype)
+def expected(
+    collective: str,
+    inputs: Sequence[torch.Tensor],
+    /,
+    calls: Sequence[dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> list[torch.Tensor]:
+    """Every rank's result of ``compile_ops.<collective>``.
 
-
-def all_reduce(inputs: Tensors, op: str = "sum") -> list[torch.Tensor]:
-    out = _reduce(inputs, op)
-    return [out.clone() for _ in inputs]
-
-
-def broadcast(inputs: Tensors, src: int = 0) -> list[torch.Tensor]:
-    return [inputs[src].clone() for _ in inputs]
-
-
-def all_gather(inputs: Tensors, dim: int = 0) -> list[torch.Tensor]:
-    out = torch.cat(list(inputs), dim=dim)
-    return [out.clone() for _ in inputs]
-
-
-all_gatherv = all_gather  # uneven extents are just a concatenation too
-
-
-def reduce_scatterv(inputs: Tensors, sizes: Sequence[int], dim: int = 0, op: str = "sum"):
-    return [p.clone() for p in _reduce(inputs, op).split(list(sizes), dim=dim)]
-
-
-def reduce_scatter(inputs: Tensors, dim: int = 0, op: str = "sum") -> list[torch.Tensor]:
-    n = len(inputs)
-    extent = inputs[0].shape[dim]
-    if extent % n:
-        raise ValueError(f"extent {extent} is not divisible by {n} ranks")
-    return reduce_scatterv(inputs, [extent // n] * n, dim, op)
-
-
-def all_to_all(inputs: Tensors, input_split_sizes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-    """``input_split_sizes[s][r]`` rows go from rank s to rank r (output splits follow)."""
-    pieces = [
-        list(t.split(list(splits))) for t, splits in zip(inputs, input_split_sizes, strict=True)
-    ]
-    return [torch.cat([pieces[s][r] for s in range(len(inputs))]) for r in range(len(inputs))]
+    ``kwargs`` are the wrapper's keyword arguments, the same on every rank; where they differ by
+    rank (``all_to_all``'s splits), give ``calls`` instead: rank r's keyword arguments at ``r``.
+    Arguments left out take the wrapper's defaults.
+    """
+    spec = SPECS[collective]
+    parameters = inspect.signature(spec.wrapper).parameters
+    defaults = {
+        name: parameters[name].default
+        for name in spec.params
+        if parameters[name].default is not inspect.Parameter.empty
+    }
+    calls = [kwargs] * len(inputs) if calls is None else calls
+    return spec.reference(list(inputs), [{**defaults, **call} for call in calls])

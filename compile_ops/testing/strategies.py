@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
+from compile_ops.ops import SPECS
+
 from .cases import OPS, Case
 from .programs import Program, Step
 
-REDUCING = ("all_reduce", "reduce_scatter", "reduce_scatterv")
+REDUCING = tuple(name for name, spec in SPECS.items() if spec.reduces)
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT_DTYPES = (torch.int32, torch.int64, torch.uint8)
 
@@ -39,14 +41,15 @@ def cases(
     shape = tuple(draw(st.lists(st.integers(0, 4), min_size=ndim, max_size=ndim)))
     dim = draw(st.integers(-ndim, ndim - 1))
     layout = draw(st.sampled_from(("contiguous", "transposed", "sliced")))
+    params = SPECS[op].params
     extents = st.lists(st.integers(0, 4), min_size=n, max_size=n)
-    sizes = tuple(draw(extents)) if op in ("all_gatherv", "reduce_scatterv") else None
+    sizes = tuple(draw(extents)) if "sizes" in params else None
     splits = None
-    if op == "all_to_all":
+    if "input_split_sizes" in params:
         splits = tuple(
             tuple(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))) for _ in range(n)
         )
-    src = draw(st.integers(0, n - 1)) if op == "broadcast" else None
+    src = draw(st.integers(0, n - 1)) if {"src", "dst"} & set(params) else None
     return Case(
         op,
         n,

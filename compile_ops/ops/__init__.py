@@ -1,0 +1,29 @@
+"""The ``torch.ops.compile_ops`` collectives.
+
+    spec.py         OpSpec: what one row says about an op (schema, shape rule, kernel, twin,
+                    wrapper, samples, reference) and what follows from it
+    collectives.py  the rows, each beside its public wrapper and reference: SPECS
+    kernels.py      eager kernels: the communication over a ProcessGroup
+    backend.py      what the kernels need per call (options, group lookup, dtype carriage)
+    register.py     the one loop that defines every row with torch.library
+
+Importing this package defines the ops. Shape rules and fakes live in ``fake_impls.collectives``.
+"""
+
+import functools
+
+import torch
+
+from fake_impls.audit import set_collective_samples
+from fake_impls.collectives import REDUCE_OPS
+
+from . import register
+from .collectives import SPECS
+from .spec import OpSpec, opcheck_samples
+
+__all__ = ["REDUCE_OPS", "SPECS", "OpSpec", "opcheck_samples"]
+
+_library = torch.library.Library(register.NAMESPACE, "DEF")
+register.register(_library, SPECS.values())
+# `compile-ops audit compile_ops` runs opcheck on the rows' samples.
+set_collective_samples(functools.partial(opcheck_samples, SPECS.values()))
