@@ -11,15 +11,16 @@ import pytest
 import torch
 
 import compile_ops
-from compile_ops import bench
+from compile_ops.cli import bench
+from compile_ops.cli.bench import config, report, studies
 from compile_ops.testing.pool import get_pool
 
-TINY = bench.Config(ops=("all_reduce",), dtypes=("fp32",), sizes=(4096,), reps=2, block_ms=0.2)
+TINY = config.Config(ops=("all_reduce",), dtypes=("fp32",), sizes=(4096,), reps=2, block_ms=0.2)
 
 
 @pytest.fixture(scope="module")
 def results():
-    return get_pool(2).run(bench.run_rank, TINY)
+    return get_pool(2).run(studies.run_rank, TINY)
 
 
 def test_every_rank_measures_every_contender(results):
@@ -39,7 +40,7 @@ def test_every_rank_measures_every_contender(results):
 
 
 def test_report_is_a_well_formed_table(results):
-    text = bench.report(results[0])
+    text = report.report(results[0])
     assert "backend gloo, world 2" in text
     lines = text.splitlines()
     for title in ("Latency per call", "Bus bandwidth", "Compiled overhead", "Eager per-call cost"):
@@ -57,12 +58,12 @@ def test_report_is_a_well_formed_table(results):
 
 def test_bus_bandwidth_follows_nccl_tests():
     # 1 MB per rank in 1000 µs is 1 GB/s of algorithm bandwidth; the bus factors at world 4:
-    assert bench.bus_bandwidth_gbps("all_reduce", 10**6, 4, 1000.0) == pytest.approx(1.5)
-    assert bench.bus_bandwidth_gbps("reduce_scatter", 10**6, 4, 1000.0) == pytest.approx(0.75)
-    assert bench.bus_bandwidth_gbps("all_to_all", 10**6, 4, 1000.0) == pytest.approx(0.75)
+    assert report.bus_bandwidth_gbps("all_reduce", 10**6, 4, 1000.0) == pytest.approx(1.5)
+    assert report.bus_bandwidth_gbps("reduce_scatter", 10**6, 4, 1000.0) == pytest.approx(0.75)
+    assert report.bus_bandwidth_gbps("all_to_all", 10**6, 4, 1000.0) == pytest.approx(0.75)
     # all_gather: the input is one of the 4 output chunks, 3 of which come over the link
-    assert bench.bus_bandwidth_gbps("all_gather", 10**6, 4, 1000.0) == pytest.approx(3.0)
-    assert bench.bus_bandwidth_gbps("all_reduce", 10**6, 1, 1000.0) == 0.0
+    assert report.bus_bandwidth_gbps("all_gather", 10**6, 4, 1000.0) == pytest.approx(3.0)
+    assert report.bus_bandwidth_gbps("all_reduce", 10**6, 1, 1000.0) == 0.0
 
 
 def _overhead_rows(raw, math, ours, graph_math=None, graph_ours=None):
@@ -77,32 +78,32 @@ def _overhead_rows(raw, math, ours, graph_math=None, graph_ours=None):
 
 def test_memory_pass_target_is_judged_on_device_time_where_graphs_ran():
     # Launched: the op adds 150 µs to a 100 µs transfer (the host's cost); in a graph, 101 µs.
-    launched_only = bench.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0))
-    with_graphs = bench.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 141.0))
-    (line,) = [s for s in bench.summary_lines(launched_only) if "extra pass" in s]
+    launched_only = studies.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0))
+    with_graphs = studies.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 141.0))
+    (line,) = [s for s in report.summary_lines(launched_only) if "extra pass" in s]
     assert "(launched)" in line and "+50.0 µs (MISSED)" in line, line
-    (line,) = [s for s in bench.summary_lines(with_graphs) if "extra pass" in s]
+    (line,) = [s for s in report.summary_lines(with_graphs) if "extra pass" in s]
     assert "(in graph)" in line and "+1.0 µs (met)" in line, line
     # A copy in the graph (one more pass over 64 MiB) shows as device time and misses.
-    copying = bench.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 205.0))
-    (line,) = [s for s in bench.summary_lines(copying) if "extra pass" in s]
+    copying = studies.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 205.0))
+    (line,) = [s for s in report.summary_lines(copying) if "extra pass" in s]
     assert "(in graph)" in line and "+65.0 µs (MISSED)" in line, line
 
 
 def test_quick_configuration_and_flags():
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    quick = bench.config_from(parser.parse_args(["--quick"]), "gloo")
+    quick = config.config_from(parser.parse_args(["--quick"]), "gloo")
     assert quick.dtypes == ("fp32",) and len(quick.sizes) == 2
-    full = bench.config_from(parser.parse_args([]), "nccl")
+    full = config.config_from(parser.parse_args([]), "nccl")
     assert full.sizes[0] == 4 << 10 and full.sizes[-1] == 256 << 20
     assert set(full.dtypes) == {"bf16", "fp32"}
-    custom = bench.config_from(
+    custom = config.config_from(
         parser.parse_args(["--sizes", "4K,2M", "--ops", "all_reduce"]), "gloo"
     )
     assert custom.sizes == (4 << 10, 2 << 20) and custom.ops == ("all_reduce",)
     with pytest.raises(SystemExit, match="--ops"):
-        bench.config_from(parser.parse_args(["--ops", "all_reduce,allreduce"]), "gloo")
+        config.config_from(parser.parse_args(["--ops", "all_reduce,allreduce"]), "gloo")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def run_jobs(
     widths = [max(w) for w in zip(*names, strict=True)] if jobs else [0, 0]
     table, paint = Table(HEADER, [*widths, 5, 7, 4, 4, 6, 8]), use_colour(sys.stdout)
     show_rows = show_rows and progress is not None
+    if progress:
+        progress.total = len(jobs)
     if show_rows:
         progress.emit(table.head())
     rows = []
@@ -147,8 +149,6 @@ def run(args: argparse.Namespace) -> int:
         jobs = collective_jobs(world.size, device, ops)
         if not args.no_moe:
             jobs += moe_jobs(world.size, device)
-        if progress:
-            progress.total = len(jobs)
         rows = run_jobs(world, jobs, progress, show_rows=not args.json)
         if lead and args.json:
             print(json.dumps(report_json(rows, world), indent=1))

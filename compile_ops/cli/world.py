@@ -20,7 +20,9 @@ import torch.distributed as dist
 
 __all__ = [
     "BACKENDS",
+    "JoinedWorld",
     "Packed",
+    "SpawnedWorld",
     "World",
     "add_world_arguments",
     "backend_for",
