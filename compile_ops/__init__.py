@@ -5,6 +5,14 @@ teaches Inductor's reinplacing pass the in-place twins and applies the Inductor 
 on (see ``inductor_patches`` and docs/patches.md).
 """
 
+import warnings
+
+# torch warns at import when NumPy is missing; nothing in compile-ops needs NumPy, so a process
+# that imports torch through us (the commands, every rank they start) stays quiet about it.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch  # noqa: F401
+
 import inductor_patches
 
 from . import reinplace

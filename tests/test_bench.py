@@ -4,15 +4,18 @@ No timing is asserted here: performance is measured by ``compile-ops bench``, no
 """
 
 import argparse
+import json
 import math
 import re
+import sys
 
 import pytest
 import torch
 
 import compile_ops
-from compile_ops.cli import bench
+from compile_ops.cli import bench, main
 from compile_ops.cli.bench import config, report, studies
+from compile_ops.cli.schema import SCHEMA
 from compile_ops.testing.pool import get_pool
 
 TINY = config.Config(ops=("all_reduce",), dtypes=("fp32",), sizes=(4096,), reps=2, block_ms=0.2)
@@ -132,3 +135,79 @@ def test_dead_input_is_reused_without_a_copy(world, op_name):
     assert f"torch.ops.compile_ops.{op_name}_.default(" in call, call
     assert f"torch.ops.compile_ops.{op_name}.default(" not in call, call
     assert not re.search(r"clone|copy", call), call
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON, --from, --plot, --strict
+
+
+def test_bench_document_matches_the_schema(results):
+    import jsonschema
+
+    doc = bench.bench_document(results[0], strict=False, link_gbps=None)
+    jsonschema.validate(json.loads(json.dumps(doc)), SCHEMA)
+    assert doc["command"] == "bench" and doc["ok"] is True
+    assert {t["target"] for t in doc["targets"]} >= {"compiled overhead <= raw + 5 µs"}
+
+
+def _timing(us):
+    return {
+        "median_us": us,
+        "p25_us": us * 0.9,
+        "p75_us": us * 1.1,
+        "blocks": 5,
+        "calls_per_block": 10,
+    }
+
+
+def _synthetic(tmp_path, overhead_us=1.0, errors=()):
+    """A saved results.json: world 2, all_reduce fp32 at three sizes, every contender."""
+    latency = [
+        {"op": "all_reduce", "dtype": "fp32", "bytes": n, "variant": v, **_timing(10 + n / 1e4 * k)}
+        for n in (4096, 65536, 1 << 20)
+        for k, v in enumerate(("raw", "funcol", "eager", "compiled", "graph"), start=1)
+    ]
+    overhead = [
+        {"op": "all_reduce", "dtype": "fp32", "bytes": 4096, "variant": v, **_timing(us)}
+        for v, us in (
+            ("raw", 10.0),
+            ("math", 5.0),
+            ("math+ours", 5 + overhead_us),
+            ("math+funcol", 20.0),
+        )
+    ]
+    env = {"world": "2", "backend": "gloo", "device": "2-core CPU", "torch": "x", "date": "today"}
+    result = studies.Result(env=env, latency=latency, overhead=overhead, errors=list(errors))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(bench.bench_document(result, strict=False, link_gbps=25.0)))
+    return path
+
+
+def test_plot_from_saved_results(tmp_path, capsys):
+    png = tmp_path / "out" / "bench.png"
+    assert main(["bench", "--from", str(_synthetic(tmp_path)), "--plot", str(png), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["link_gbps"] == 25.0 and len(doc["latency"]) == 15
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(SystemExit, match=r"pip install 'compile-ops\[plot\]'"):
+        main(["bench", "--from", str(_synthetic(tmp_path)), "--plot", str(tmp_path / "x.png")])
+
+
+def test_missed_target_fails_only_with_strict_and_errors_always(tmp_path, capsys):
+    slow = _synthetic(tmp_path, overhead_us=40.0)  # raw 10 µs + 5 µs slack: missed
+    assert main(["bench", "--from", str(slow)]) == 0
+    assert "compiled overhead <= raw + 5 µs: 0/1 met" in capsys.readouterr().out
+    assert main(["bench", "--from", str(slow), "--strict"]) == 1
+    broken = _synthetic(tmp_path, errors=["latency all_reduce: RuntimeError: boom"])
+    assert main(["bench", "--from", str(broken)]) == 1
+    (tmp_path / "other.json").write_text(
+        json.dumps({"schema": "compile-ops/1", "command": "check"})
+    )
+    with pytest.raises(SystemExit, match="not a bench document"):
+        main(["bench", "--from", str(tmp_path / "other.json")])

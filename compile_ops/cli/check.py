@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         print()
     progress = Progress(0, "check") if lead else None
     if progress:
-        progress.status("starting ranks")
+        progress.status("joining torchrun's world" if worlds.under_torchrun() else "starting ranks")
     with worlds.start_world(args, "compile-ops check") as world:
         device = worlds.device_for(world.backend, "compile-ops check")
         jobs = collective_jobs(world.size, device, ops)

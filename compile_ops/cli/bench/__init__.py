@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import world as worlds
 from .config import DTYPE_NAMES, OPS, STUDIES, config_from, parse_sizes
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "bench_document", "load", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,11 +120,27 @@ def load(path: str):
     return Result(**{k: doc[k] for k in fields}), doc.get("link_gbps")
 
 
-def run(args: argparse.Namespace) -> int:
+def bench_document(result, strict: bool, link_gbps: float | None) -> dict:
+    """The JSON document of a run (docs/commands.md): measurements, targets and the verdict."""
     from dataclasses import asdict
 
     from ..schema import document
-    from .report import report, targets
+    from .report import targets
+
+    found = targets(result)
+    ok = not result.errors and (not strict or all(t.met for t in found))
+    return document(
+        "bench",
+        ok=ok,
+        **asdict(result),
+        targets=[asdict(t) for t in found],
+        strict=strict,
+        link_gbps=link_gbps,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .report import report
 
     start = time.perf_counter()
     if args.source:
@@ -136,16 +152,7 @@ def run(args: argparse.Namespace) -> int:
         link = args.link_gbps
     if not lead:
         return 1 if result.errors else 0
-    found = targets(result)
-    ok = not result.errors and (not args.strict or all(t.met for t in found))
-    doc = document(
-        "bench",
-        ok=ok,
-        **asdict(result),
-        targets=[asdict(t) for t in found],
-        strict=args.strict,
-        link_gbps=link,
-    )
+    doc = bench_document(result, args.strict, link)
     text = report(result)
     if not args.source:
         text += f"\n  wall time {time.perf_counter() - start:.0f} s"
@@ -160,4 +167,4 @@ def run(args: argparse.Namespace) -> int:
 
         plot(result.latency, result.env, args.plot, link)
         print(f"plot written to {args.plot}", file=sys.stderr)
-    return 0 if ok else 1
+    return 0 if doc["ok"] else 1
