@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from .check_moe import moe_jobs
 
     ops = worlds.parse_choices(args.ops, OPS, "--ops") if args.ops else OPS
+    plan = worlds.plan_world(args, "compile-ops check")
     lead = worlds.is_lead_process()
     if lead and not args.json:
         print("Inductor patches")
@@ -143,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
         print()
     progress = Progress(0, "check") if lead else None
     if progress:
-        progress.status("joining torchrun's world" if worlds.under_torchrun() else "starting ranks")
-    with worlds.start_world(args, "compile-ops check") as world:
+        progress.status("joining torchrun's world" if plan.size is None else "starting ranks")
+    with plan.start() as world:
         device = worlds.device_for(world.backend, "compile-ops check")
         jobs = collective_jobs(world.size, device, ops)
         if not args.no_moe:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -24,14 +25,15 @@ __all__ = [
     "Packed",
     "SpawnedWorld",
     "World",
+    "WorldPlan",
     "add_world_arguments",
     "backend_for",
     "default_backend",
     "device_for",
     "is_lead_process",
     "parse_choices",
+    "plan_world",
     "rank_device",
-    "start_world",
     "under_torchrun",
     "usable_cores",
     "world_size_for",
@@ -207,8 +209,6 @@ class JoinedWorld(World):
     """This process is one rank of a ``torchrun`` job; every rank runs the same command."""
 
     def __init__(self, backend: str):
-        import compile_ops  # noqa: F401  (the ops must exist on every rank)
-
         if backend != "gloo":
             local = int(os.environ.get("LOCAL_RANK", 0))
             torch.accelerator.set_device_index(local % torch.accelerator.device_count())
@@ -231,13 +231,31 @@ class JoinedWorld(World):
         dist.destroy_process_group()
 
 
-def start_world(args: argparse.Namespace, command: str, default_size: int | None = None) -> World:
-    """Join torchrun's world if this process is one of its ranks, else start ``--world-size``."""
+@dataclass(frozen=True)
+class WorldPlan:
+    """The world a command will run in, checked before any process starts."""
+
+    backend: str
+    size: int | None  # None: torchrun's world, whatever its size
+
+    def start(self) -> World:
+        return (
+            JoinedWorld(self.backend)
+            if self.size is None
+            else SpawnedWorld(self.size, self.backend)
+        )
+
+
+def plan_world(
+    args: argparse.Namespace, command: str, default_size: int | None = None
+) -> WorldPlan:
+    """Join torchrun's world if this process is one of its ranks, else start ``--world-size``
+    ranks; a clear error (before anything starts) where that cannot work here."""
     backend = args.backend or default_backend()
     if under_torchrun():
-        return JoinedWorld(backend)
-    device_for(backend, command)  # a clear error before any process starts
+        return WorldPlan(backend, None)
+    device_for(backend, command)
     if default_size is None:
         default_size = 2 if backend == "gloo" else min(2, torch.accelerator.device_count())
     size = world_size_for(args.world_size, default_size, backend, args.oversubscribe, command)
-    return SpawnedWorld(size, backend)
+    return WorldPlan(backend, size)

@@ -76,10 +76,12 @@ def measure(args: argparse.Namespace):
     # One rank with an accelerator (the target configuration) and for --quick (one process to
     # start and compile in); two over gloo otherwise.
     default_size = 2 if backend == "gloo" and not args.quick else 1
-    result = Result()
-    with worlds.start_world(args, "compile-ops bench", default_size) as world:
-        steps = config.steps()
-        progress = Progress(len(steps), "bench") if world.is_lead else None
+    result, steps = Result(), config.steps()
+    plan = worlds.plan_world(args, "compile-ops bench", default_size)
+    progress = Progress(len(steps), "bench") if worlds.is_lead_process() else None
+    if progress:
+        progress.status("joining torchrun's world" if plan.size is None else "starting ranks")
+    with plan.start() as world:
         for step in steps:
             what = " ".join(str(p) for p in (step.study, step.op, step.dtype) if p)
             what += f" {_size(step.nbytes)}" if step.nbytes else ""
