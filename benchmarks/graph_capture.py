@@ -36,9 +36,8 @@ import torch.nn.functional as F
 # A benchmark measures the checkout it lives in, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import compile_ops
+from compile_ops.cli.world import backend_for
 from compile_ops.graph_capture import GraphCaptureError, capture, capture_sizes
-
-COLLECTIVE_BACKEND = {"cuda": "nccl", "xpu": "xccl"}
 
 
 class TPMLP(torch.nn.Module):
@@ -187,7 +186,7 @@ def print_table(args, rows, device, bandwidth) -> None:
     rate = f"{bandwidth / 1e12:.2f} TB/s copy" if bandwidth else "no device"
     print(
         f"\ngraph capture, decode step of {args.layers} TP MLP layers: hidden {args.hidden}, "
-        f"{args.dtype}, world 1 ({COLLECTIVE_BACKEND.get(device.type, 'gloo')}) on {name}; {rate}"
+        f"{args.dtype}, world 1 ({backend_for(device.type)}) on {name}; {rate}"
     )
     head = (
         f"{'ffn':>6} {'tokens':>6} {'floor_us':>9} {'eager_us':>9} {'compiled_us':>11} "
@@ -249,7 +248,7 @@ def main() -> int:
         args.dtype = "float32" if args.quick else args.dtype
     else:
         device = torch.device(accelerator.type, torch.accelerator.current_device_index())
-        backend = COLLECTIVE_BACKEND.get(accelerator.type, "gloo")
+        backend = backend_for(accelerator.type)
     dist.init_process_group(
         backend,
         store=dist.HashStore(),

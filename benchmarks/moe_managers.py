@@ -131,9 +131,9 @@ def _barrier(device: torch.device) -> None:
 
 
 def _layout(kind: str) -> Layout:
-    from compile_ops.moe.check import _layout as check_layout
+    from compile_ops.cli.check_moe import layout
 
-    return check_layout(kind)
+    return layout(kind)
 
 
 def _cpu(args) -> tuple[list[dict], list[str]]:
@@ -184,13 +184,14 @@ def _rows(kind, per_rank, n, config, elem, where, tokens, compiled=False):
 
 
 def _gpu(args) -> tuple[list[dict], list[str]]:
-    from compile_ops.check import _default_backend, print_table
-    from compile_ops.moe.check import moe_rows
-    from compile_ops.testing.pool import WorkerPool
+    from compile_ops.cli.check import run_jobs
+    from compile_ops.cli.check_moe import moe_jobs
+    from compile_ops.cli.tables import Progress
+    from compile_ops.cli.world import SpawnedWorld, default_backend, device_for
 
     if not torch.accelerator.is_available():
         raise SystemExit("--device gpu: no accelerator found")
-    backend = _default_backend()
+    backend = default_backend()
     n = args.world_size
     if n > torch.accelerator.device_count():
         raise SystemExit(f"-n {n}: only {torch.accelerator.device_count()} devices (one per rank)")
@@ -203,10 +204,9 @@ def _gpu(args) -> tuple[list[dict], list[str]]:
     )
     tokens, reps = (256, 5) if args.quick else (args.tokens, 30)
     kinds = ["ep"] if n == 1 else ["tp", "ep"]
-    pool = WorkerPool(n, backend).start()
     results, lines = [], []
-    try:
-        checks = moe_rows(pool.run, n, backend)
+    with SpawnedWorld(n, backend) as world:
+        checks = run_jobs(world, moe_jobs(n, device_for(backend)), Progress(0, "moe check"))
         for r in checks:
             results.append(
                 {
@@ -218,15 +218,12 @@ def _gpu(args) -> tuple[list[dict], list[str]]:
                     "ok": r.ok,
                 }
             )
-        print_table(checks)
         for kind in kinds:
             for compiled in (False, True):
-                per_rank = pool.run(
+                per_rank = world.run(
                     time_managers, kind, config, tokens, torch.bfloat16, reps, compiled
                 )
                 results += _rows(kind, per_rank, n, config, 2, backend, tokens, compiled)
-    finally:
-        pool.close()
     failed = [r.name for r in checks if not r.ok]
     lines.append(
         f"MoE model check (world {n}, {backend}, eager + Inductor vs reference): "

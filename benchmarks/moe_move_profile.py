@@ -77,12 +77,12 @@ def main(argv=None) -> int:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=2)
     args = parser.parse_args(argv)
-    from compile_ops.check import _default_backend
+    from compile_ops.cli.world import default_backend
     from compile_ops.testing.pool import WorkerPool
 
     if args.world_size > torch.accelerator.device_count():
         raise SystemExit(f"-n {args.world_size}: needs one accelerator per rank")
-    backend = _default_backend()
+    backend = default_backend()
     # The experts are not run, so their size does not matter; the router's does not either.
     config = MoEConfig(
         hidden=args.hidden,

@@ -6,8 +6,15 @@ on (see ``inductor_patches`` and docs/patches.md).
 """
 
 import re
+import warnings
 from importlib import metadata
 from pathlib import Path
+
+# torch warns at import when NumPy is missing; nothing in compile-ops needs NumPy, so a process
+# that imports torch through us (the commands, every rank they start) stays quiet about it.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch  # noqa: F401
 
 import inductor_patches
 

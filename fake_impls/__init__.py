@@ -11,9 +11,9 @@ its ops.
 """
 
 from . import ipex
-from .audit import OpReport, audit, format_table
+from .audit import OpReport, audit
 from .register import FakeMismatch, check_fake, register
 
-__all__ = ["FakeMismatch", "OpReport", "audit", "check_fake", "format_table", "register"]
+__all__ = ["FakeMismatch", "OpReport", "audit", "check_fake", "register"]
 
 ipex.register_if_installed()

@@ -1,34 +1,36 @@
-"""Audit a ``torch.ops`` namespace: can torch.compile trace every op in it?
+"""Audit a ``torch.ops`` namespace: can ``torch.compile(fullgraph=True)`` trace every op in it?
 
-For every overload: where FakeTensorMode would take its output metadata from (the lookup torch
-itself makes), what its schema declares, and whether ``torch.library.opcheck`` passes on the
-sample inputs given for it.
+For every overload: where FakeTensorMode takes its output metadata from (asked of torch's own
+tables and predicates, in the order ``FakeTensorMode`` consults them), what its schema declares,
+and whether ``torch.library.opcheck`` passes on the sample inputs given for it (opcheck runs the
+op under FakeTensorMode, among other tests).
 
 Status, per overload:
 
-* ``fail`` (red): no fake kernel, so Dynamo cannot trace a call (a graph break, an error under
-  ``fullgraph=True``); or opcheck failed on a sample.
-* ``warn``: the only fake is the real kernel run on meta tensors (CompositeExplicitAutograd) and
-  no sample verified it; or the schema returns nothing and declares no mutation, so a compiler
-  may drop the call as dead code.
-* ``ok``: otherwise. Without samples, ``ok`` means a fake exists, not that it is right.
+* ``fail``: a fullgraph compile breaks on it: FakeTensorMode has nothing to run (not even the
+  real kernel on zero-filled inputs, which it allows for torch's own namespaces only), or its
+  rule for the op refuses because the output depends on the data; or opcheck failed on a sample.
+* ``warn``: it traces, with a caveat: only with static shapes (FakeTensorMode runs the real
+  kernel on zero-filled inputs; a dynamic dimension breaks); or the only fake of a library op is
+  its real kernel run on meta tensors and no sample verified it; or the schema returns nothing
+  and declares no mutation, so a compiler may drop the call as dead code.
+* ``ok``: otherwise. Without samples, ``ok`` means FakeTensorMode finds a fake, not that it is right.
 
-``compile-ops audit NAMESPACE`` prints the table and exits 1 if any overload is red.
+``compile-ops audit NAMESPACE`` prints the table (see ``compile_ops.cli.audit``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import importlib
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.distributed as dist
-from torch._library.utils import can_generate_trivial_fake_impl
+from torch._library.utils import can_generate_trivial_fake_impl, is_builtin
+from torch._subclasses import fake_impls as torch_fake_rules
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from .collectives import NAMESPACE as COMPILE_OPS
 from .register import Sample, qualname, resolve_op
@@ -38,7 +40,6 @@ __all__ = [
     "audit",
     "collective_samples",
     "fake_kernel",
-    "format_table",
     "schema_kind",
     "set_collective_samples",
 ]
@@ -47,11 +48,26 @@ Status = Literal["ok", "warn", "fail"]
 
 # fake_kernel() answers, in the order FakeTensorMode tries them.
 DECOMPOSES = "decomposes"
-REGISTER_FAKE = "register_fake"
-TRIVIAL = "trivial"
 PYTHON_META = "python meta"
+REGISTER_FAKE = "register_fake"
+FAKE_RULE = "fake tensor rule"
+DATA_DEPENDENT = "data-dependent"
 META_KERNEL = "Meta kernel"
 REAL_KERNEL = "real kernel"
+TRIVIAL = "trivial"
+FALLBACK = "real kernel on zeros"
+
+# FakeTensorMode's rules that exist only to refuse: the output's shape or value is data.
+_REFUSING_RULES = tuple(
+    f for f in (getattr(torch_fake_rules, n, None) for n in ("data_dep", "dyn_shape")) if f
+)
+# Kernels that serve the Meta key. The dispatcher's computed Meta entry (what torch's has_meta
+# reads) also counts its backend fallback, which only raises NotImplementedError.
+_META_KEYS = {
+    "Meta": META_KERNEL,
+    "CompositeExplicitAutograd": REAL_KERNEL,
+    "CompositeExplicitAutogradNonFunctional": REAL_KERNEL,
+}
 
 
 @dataclass(frozen=True)
@@ -67,34 +83,50 @@ class OpReport:
 def fake_kernel(op: torch._ops.OpOverload) -> str | None:
     """Where FakeTensorMode gets ``op``'s output metadata from; None if from nowhere.
 
-    Follows FakeTensorMode's dispatch for a non-builtin op: a CompositeImplicitAutograd op
-    decomposes; a ``torch.library.custom_op`` has a fake only once ``register_fake`` gave it one;
-    otherwise a ``register_fake`` kernel, then the trivial fake of a mutating op that returns
-    nothing, then a Python meta function, then a Meta kernel, and last a CompositeExplicitAutograd
-    kernel, which FakeTensorMode runs on meta tensors as if it were a fake.
+    The same sources, in the same order, as ``FakeTensorMode._dispatch_impl``: a decomposition
+    (torch's decomposition table or a CompositeImplicitAutograd kernel, unless a Python meta
+    exists); a prim's meta; a ``register_fake`` kernel (for a ``torch.library.custom_op`` only
+    once ``register_fake`` gave it one); one of FakeTensorMode's own rules
+    (``torch._subclasses.fake_impls``), two of which refuse data-dependent outputs; a Python
+    meta (``torch._decomp.meta_table``) or a kernel that serves the Meta key; the trivial fake
+    of a mutating op that returns nothing; last, for torch's own namespaces only, the real
+    kernel run on zero-filled inputs (``FakeTensorMode.can_run_unsafe_fallback``), which
+    works with static shapes only.
     """
     name = qualname(op)
 
     def has(key: str) -> bool:
         return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
 
-    if has("CompositeImplicitAutograd"):
+    python_meta = op in torch._decomp.meta_table  # preferred to a decomposition
+    if not python_meta and (
+        op in torch._decomp.decomposition_table or has("CompositeImplicitAutograd")
+    ):
         return DECOMPOSES
+    if name.startswith("prims::") and hasattr(op, "prim_meta_impl"):
+        return PYTHON_META
     opdef = torch._library.custom_ops._maybe_get_opdef(name)
     if opdef is not None:
-        # custom_op always installs a fake wrapper; it is real only once register_fake ran.
+        # custom_op always installs a fake wrapper; without register_fake it raises unless the
+        # op mutates and returns nothing.
         if opdef._abstract_fn is not None:
             return REGISTER_FAKE
-    elif torch._library.simple_registry.singleton.find(name).fake_impl.kernel is not None:
+        return TRIVIAL if can_generate_trivial_fake_impl(op) else None
+    if torch._library.simple_registry.singleton.find(name).fake_impl.kernel is not None:
         return REGISTER_FAKE
+    rules = torch_fake_rules.op_implementations_checks
+    rule = next((impl for check, impl in rules if check(op)), None)
+    if rule is not None:
+        return DATA_DEPENDENT if rule in _REFUSING_RULES else FAKE_RULE
+    if python_meta:
+        return PYTHON_META
+    for key, source in _META_KEYS.items():
+        if has(key):
+            return source
     if can_generate_trivial_fake_impl(op):
         return TRIVIAL
-    if op in torch._decomp.meta_table:
-        return PYTHON_META
-    if opdef is None and has("Meta"):
-        return META_KERNEL
-    if opdef is None and has("CompositeExplicitAutograd"):
-        return REAL_KERNEL
+    if FakeTensorMode().can_run_unsafe_fallback(op):
+        return FALLBACK
     return None
 
 
@@ -165,18 +197,9 @@ def _report(op: torch._ops.OpOverload, samples: Sequence[Sample]) -> OpReport:
     fake = fake_kernel(op)
     schema = schema_kind(op._schema)
     checks = [f for i, (args, kwargs) in enumerate(samples) for f in _opcheck(op, i, args, kwargs)]
-    failures = list(checks)
-    if fake is None:
-        failures.insert(
-            0,
-            "no fake kernel: torch.compile cannot trace a call (a graph break; an error under "
-            "fullgraph=True)",
-        )
-    warnings = []
-    if fake == REAL_KERNEL and not samples:
-        warnings.append(
-            "the fake is the real kernel run on meta tensors; give samples so opcheck checks it"
-        )
+    breaks, caveat = _lookup_problems(op, fake, bool(samples))
+    failures = [*breaks, *checks]
+    warnings = caveat
     if schema == "returns nothing":
         warnings.append(
             "returns nothing and declares no mutation: a compiler may drop the call as dead code; "
@@ -185,6 +208,32 @@ def _report(op: torch._ops.OpOverload, samples: Sequence[Sample]) -> OpReport:
     status: Status = "fail" if failures else "warn" if warnings else "ok"
     opcheck = "-" if not samples else ("fail" if checks else "pass")
     return OpReport(qualname(op), fake, schema, opcheck, tuple(failures + warnings), status)
+
+
+def _lookup_problems(
+    op: torch._ops.OpOverload, fake: str | None, sampled: bool
+) -> tuple[list[str], list[str]]:
+    """What the fake's source means for a fullgraph compile: (what breaks it, caveats)."""
+    if fake is None:
+        return [
+            "no fake kernel: torch.compile cannot trace a call (a graph break; an error under "
+            "fullgraph=True)"
+        ], []
+    if fake == DATA_DEPENDENT:
+        return [
+            "FakeTensorMode refuses it: its output's shape or value depends on the data "
+            "(a graph break; an error under fullgraph=True)"
+        ], []
+    if fake == FALLBACK:
+        return [], [
+            "no fake kernel; FakeTensorMode runs the real kernel on zero-filled inputs, which "
+            "traces with static shapes only (dynamic=True or a dynamic dimension breaks)"
+        ]
+    if fake == REAL_KERNEL and not sampled and not is_builtin(op):
+        return [], [
+            "the fake is the real kernel run on meta tensors; give samples so opcheck checks it"
+        ]
+    return [], []
 
 
 def _opcheck(op, index: int, args, kwargs) -> list[str]:
@@ -239,47 +288,3 @@ def collective_samples(group: dist.ProcessGroup) -> dict[str, list[Sample]]:
     if _collective_samples is None:
         raise ValueError("no samples for compile_ops: import compile_ops first")
     return _collective_samples(group)
-
-
-# ----------------------------------------------------------------------------------------------
-# Table and command line.
-
-
-def format_table(reports: Sequence[OpReport]) -> str:
-    """One row per overload, then one line per problem."""
-    header = ("op", "fake kernel", "schema", "opcheck", "status")
-    rows = [(r.op, r.fake or "none", r.schema, r.opcheck, r.status) for r in reports]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [f"{r.status}: {r.op}: {p}" for r in reports for p in r.problems]
-    counts = {s: sum(r.status == s for r in reports) for s in ("ok", "warn", "fail")}
-    lines.append(", ".join(f"{count} {status}" for status, count in counts.items()))
-    return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("namespace", help="a torch.ops namespace, e.g. compile_ops or torch_ipex")
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first: the library that defines the namespace (repeatable)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    for module in args.imports:
-        importlib.import_module(module)
-    try:
-        reports = audit(args.namespace)
-    except ValueError as e:
-        print(f"compile-ops audit: {e} (see --import)", file=sys.stderr)
-        return 2
-    print(format_table(reports))
-    return 1 if any(r.status == "fail" for r in reports) else 0

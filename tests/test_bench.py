@@ -4,22 +4,26 @@ No timing is asserted here: performance is measured by ``compile-ops bench``, no
 """
 
 import argparse
+import json
 import math
 import re
+import sys
 
 import pytest
 import torch
 
 import compile_ops
-from compile_ops import bench
+from compile_ops.cli import bench, main
+from compile_ops.cli.bench import config, report, studies
+from compile_ops.cli.schema import SCHEMA
 from compile_ops.testing.pool import get_pool
 
-TINY = bench.Config(ops=("all_reduce",), dtypes=("fp32",), sizes=(4096,), reps=2, block_ms=0.2)
+TINY = config.Config(ops=("all_reduce",), dtypes=("fp32",), sizes=(4096,), reps=2, block_ms=0.2)
 
 
 @pytest.fixture(scope="module")
 def results():
-    return get_pool(2).run(bench.run_rank, TINY)
+    return get_pool(2).run(studies.run_rank, TINY)
 
 
 def test_every_rank_measures_every_contender(results):
@@ -39,7 +43,7 @@ def test_every_rank_measures_every_contender(results):
 
 
 def test_report_is_a_well_formed_table(results):
-    text = bench.report(results[0])
+    text = report.report(results[0])
     assert "backend gloo, world 2" in text
     lines = text.splitlines()
     for title in ("Latency per call", "Bus bandwidth", "Compiled overhead", "Eager per-call cost"):
@@ -57,12 +61,12 @@ def test_report_is_a_well_formed_table(results):
 
 def test_bus_bandwidth_follows_nccl_tests():
     # 1 MB per rank in 1000 µs is 1 GB/s of algorithm bandwidth; the bus factors at world 4:
-    assert bench.bus_bandwidth_gbps("all_reduce", 10**6, 4, 1000.0) == pytest.approx(1.5)
-    assert bench.bus_bandwidth_gbps("reduce_scatter", 10**6, 4, 1000.0) == pytest.approx(0.75)
-    assert bench.bus_bandwidth_gbps("all_to_all", 10**6, 4, 1000.0) == pytest.approx(0.75)
+    assert report.bus_bandwidth_gbps("all_reduce", 10**6, 4, 1000.0) == pytest.approx(1.5)
+    assert report.bus_bandwidth_gbps("reduce_scatter", 10**6, 4, 1000.0) == pytest.approx(0.75)
+    assert report.bus_bandwidth_gbps("all_to_all", 10**6, 4, 1000.0) == pytest.approx(0.75)
     # all_gather: the input is one of the 4 output chunks, 3 of which come over the link
-    assert bench.bus_bandwidth_gbps("all_gather", 10**6, 4, 1000.0) == pytest.approx(3.0)
-    assert bench.bus_bandwidth_gbps("all_reduce", 10**6, 1, 1000.0) == 0.0
+    assert report.bus_bandwidth_gbps("all_gather", 10**6, 4, 1000.0) == pytest.approx(3.0)
+    assert report.bus_bandwidth_gbps("all_reduce", 10**6, 1, 1000.0) == 0.0
 
 
 def _overhead_rows(raw, math, ours, graph_math=None, graph_ours=None):
@@ -77,32 +81,32 @@ def _overhead_rows(raw, math, ours, graph_math=None, graph_ours=None):
 
 def test_memory_pass_target_is_judged_on_device_time_where_graphs_ran():
     # Launched: the op adds 150 µs to a 100 µs transfer (the host's cost); in a graph, 101 µs.
-    launched_only = bench.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0))
-    with_graphs = bench.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 141.0))
-    (line,) = [s for s in bench.summary_lines(launched_only) if "extra pass" in s]
+    launched_only = studies.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0))
+    with_graphs = studies.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 141.0))
+    (line,) = [s for s in report.summary_lines(launched_only) if "extra pass" in s]
     assert "(launched)" in line and "+50.0 µs (MISSED)" in line, line
-    (line,) = [s for s in bench.summary_lines(with_graphs) if "extra pass" in s]
+    (line,) = [s for s in report.summary_lines(with_graphs) if "extra pass" in s]
     assert "(in graph)" in line and "+1.0 µs (met)" in line, line
     # A copy in the graph (one more pass over 64 MiB) shows as device time and misses.
-    copying = bench.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 205.0))
-    (line,) = [s for s in bench.summary_lines(copying) if "extra pass" in s]
+    copying = studies.Result(env={}, overhead=_overhead_rows(100.0, 50.0, 200.0, 40.0, 205.0))
+    (line,) = [s for s in report.summary_lines(copying) if "extra pass" in s]
     assert "(in graph)" in line and "+65.0 µs (MISSED)" in line, line
 
 
 def test_quick_configuration_and_flags():
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    quick = bench.config_from(parser.parse_args(["--quick"]), "gloo")
+    quick = config.config_from(parser.parse_args(["--quick"]), "gloo")
     assert quick.dtypes == ("fp32",) and len(quick.sizes) == 2
-    full = bench.config_from(parser.parse_args([]), "nccl")
+    full = config.config_from(parser.parse_args([]), "nccl")
     assert full.sizes[0] == 4 << 10 and full.sizes[-1] == 256 << 20
     assert set(full.dtypes) == {"bf16", "fp32"}
-    custom = bench.config_from(
+    custom = config.config_from(
         parser.parse_args(["--sizes", "4K,2M", "--ops", "all_reduce"]), "gloo"
     )
     assert custom.sizes == (4 << 10, 2 << 20) and custom.ops == ("all_reduce",)
     with pytest.raises(SystemExit, match="--ops"):
-        bench.config_from(parser.parse_args(["--ops", "all_reduce,allreduce"]), "gloo")
+        config.config_from(parser.parse_args(["--ops", "all_reduce,allreduce"]), "gloo")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,3 +135,79 @@ def test_dead_input_is_reused_without_a_copy(world, op_name):
     assert f"torch.ops.compile_ops.{op_name}_.default(" in call, call
     assert f"torch.ops.compile_ops.{op_name}.default(" not in call, call
     assert not re.search(r"clone|copy", call), call
+
+
+# ----------------------------------------------------------------------------------------------
+# JSON, --from, --plot, --strict
+
+
+def test_bench_document_matches_the_schema(results):
+    import jsonschema
+
+    doc = bench.bench_document(results[0], strict=False, link_gbps=None)
+    jsonschema.validate(json.loads(json.dumps(doc)), SCHEMA)
+    assert doc["command"] == "bench" and doc["ok"] is True
+    assert {t["target"] for t in doc["targets"]} >= {"compiled overhead <= raw + 5 µs"}
+
+
+def _timing(us):
+    return {
+        "median_us": us,
+        "p25_us": us * 0.9,
+        "p75_us": us * 1.1,
+        "blocks": 5,
+        "calls_per_block": 10,
+    }
+
+
+def _synthetic(tmp_path, overhead_us=1.0, errors=()):
+    """A saved results.json: world 2, all_reduce fp32 at three sizes, every contender."""
+    latency = [
+        {"op": "all_reduce", "dtype": "fp32", "bytes": n, "variant": v, **_timing(10 + n / 1e4 * k)}
+        for n in (4096, 65536, 1 << 20)
+        for k, v in enumerate(("raw", "funcol", "eager", "compiled", "graph"), start=1)
+    ]
+    overhead = [
+        {"op": "all_reduce", "dtype": "fp32", "bytes": 4096, "variant": v, **_timing(us)}
+        for v, us in (
+            ("raw", 10.0),
+            ("math", 5.0),
+            ("math+ours", 5 + overhead_us),
+            ("math+funcol", 20.0),
+        )
+    ]
+    env = {"world": "2", "backend": "gloo", "device": "2-core CPU", "torch": "x", "date": "today"}
+    result = studies.Result(env=env, latency=latency, overhead=overhead, errors=list(errors))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(bench.bench_document(result, strict=False, link_gbps=25.0)))
+    return path
+
+
+def test_plot_from_saved_results(tmp_path, capsys):
+    png = tmp_path / "out" / "bench.png"
+    assert main(["bench", "--from", str(_synthetic(tmp_path)), "--plot", str(png), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["link_gbps"] == 25.0 and len(doc["latency"]) == 15
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(SystemExit, match=r"pip install 'compile-ops\[plot\]'"):
+        main(["bench", "--from", str(_synthetic(tmp_path)), "--plot", str(tmp_path / "x.png")])
+
+
+def test_missed_target_fails_only_with_strict_and_errors_always(tmp_path, capsys):
+    slow = _synthetic(tmp_path, overhead_us=40.0)  # raw 10 µs + 5 µs slack: missed
+    assert main(["bench", "--from", str(slow)]) == 0
+    assert "compiled overhead <= raw + 5 µs: 0/1 met" in capsys.readouterr().out
+    assert main(["bench", "--from", str(slow), "--strict"]) == 1
+    broken = _synthetic(tmp_path, errors=["latency all_reduce: RuntimeError: boom"])
+    assert main(["bench", "--from", str(broken)]) == 1
+    (tmp_path / "other.json").write_text(
+        json.dumps({"schema": "compile-ops/1", "command": "check"})
+    )
+    with pytest.raises(SystemExit, match="not a bench document"):
+        main(["bench", "--from", str(tmp_path / "other.json")])

@@ -8,6 +8,7 @@ from scratch_library import ScratchLibrary
 import compile_ops  # noqa: F401 - defines torch.ops.compile_ops
 import fake_impls
 from compile_ops.cli import main as cli_main
+from compile_ops.cli.audit import format_reports
 from fake_impls import FakeMismatch, audit
 from fake_impls.register import qualname
 
@@ -28,7 +29,7 @@ def test_audit_reports_compile_ops_all_green():
     ):
         assert f"compile_ops::{name}" in names
     bad = [r for r in reports if r.status != "ok" or r.opcheck != "pass"]
-    assert not bad, fake_impls.format_table(bad)
+    assert not bad, format_reports(bad)
     assert not dist.is_initialized(), "the audit left its world-of-one group behind"
 
 

@@ -12,6 +12,7 @@ import torch
 from scratch_library import ScratchLibrary
 
 import fake_impls
+from compile_ops.cli.audit import format_reports
 from fake_impls import ipex
 from fake_impls.audit import audit
 
@@ -184,7 +185,7 @@ def test_every_fake_attaches_to_the_ipex_schemas_and_passes_opcheck(ipex_like):
     # the fakes never read the weights' dtype, so bf16 weights stand in here.
     reports = audit(ipex_like.ns, samples(weights=torch.bfloat16))
     assert [(r.status, r.opcheck) for r in reports] == [("ok", "pass")] * len(ipex.FAKES), (
-        fake_impls.format_table(reports)
+        format_reports(reports)
     )
 
 

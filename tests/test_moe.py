@@ -202,21 +202,3 @@ def test_gpu_nccl_compiled(world, manager, kind, world_size):
         )
         assert [frames for _, frames in results] == [1] * world_size, "graph breaks or recompiles"
         _assert_matches(results, dtype)
-
-
-# ---- compile-ops check ----------------------------------------------------------------------
-
-
-def test_check_rows_cover_the_moe_model(world):
-    from compile_ops.moe.check import check_moe_case, grid_shape, layout_kinds
-
-    assert layout_kinds(2) == ["tp", "ep"]
-    assert layout_kinds(4) == ["tp", "ep", "tp_ep"]
-    assert (grid_shape(4), grid_shape(6), grid_shape(5)) == ((2, 2), (2, 3), None)
-    for result in world(4).run(check_moe_case, "all_to_all", "tp_ep", "cpu", "aot_eager"):
-        assert result["error"] == ""
-        assert (result["eager_ok"], result["compiled_ok"], result["graph_breaks"]) == (
-            True,
-            True,
-            0,
-        )

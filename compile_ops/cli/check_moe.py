@@ -1,20 +1,24 @@
 """``compile-ops check``'s MoE section: the MoE model for every manager x layout, eager and
-compiled, against the single-device reference."""
+compiled, against the single-device reference. Uses only ``compile_ops.moe``'s public names."""
 
 from __future__ import annotations
-
-import time
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..check import Row, Runner, _device_for
-from .block import mark_token_dim
-from .config import MoEConfig
-from .layout import Layout
-from .managers import MANAGERS
-from .model import ModelWeights, reference_model, sharded_model
+from compile_ops.moe import (
+    MANAGERS,
+    Layout,
+    ModelWeights,
+    MoEConfig,
+    mark_token_dim,
+    reference_model,
+    sharded_model,
+)
+
+from .outcome import Job, Outcome, measure
+
+__all__ = ["check_moe_case", "grid_shape", "layout", "layout_kinds", "moe_jobs"]
 
 CONFIG = MoEConfig(hidden=32, intermediate=64, experts=8, top_k=2, shared_intermediate=32)
 LAYERS = 2
@@ -34,11 +38,13 @@ def layout_kinds(world_size: int) -> list[str]:
     return ["tp", "ep"] + (["tp_ep"] if grid_shape(world_size) else [])
 
 
-def _layout(kind: str) -> Layout:
+def layout(kind: str) -> Layout:
+    """The layout ``kind`` names over the default group (run on every rank, in the same order:
+    the TP x EP grid's subgroups are created once per world size)."""
     if kind != "tp_ep":
         return Layout.tp(None) if kind == "tp" else Layout.ep(None)
     n = dist.get_world_size()
-    if n not in _grids:  # subgroups are made once, by every rank, in the same order
+    if n not in _grids:
         tp, ep = grid_shape(n)
         rows = [[s * tp + t for t in range(tp)] for s in range(ep)]
         cols = [[s * tp + t for s in range(ep)] for t in range(tp)]
@@ -53,18 +59,20 @@ def _tokens(counts: list[int], step: int, device: str) -> list[torch.Tensor]:
     return [torch.randn(c, CONFIG.hidden, generator=g).to(device) for c in counts]
 
 
-def check_moe_case(manager: str, kind: str, device: str, compile_backend: str) -> dict[str, Any]:
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    return got.shape == want.shape and torch.allclose(got, want, **TOLERANCE)
+
+
+def check_moe_case(manager: str, kind: str, device: str, compile_backend: str) -> Outcome:
     """On one rank: the sharded model eager and compiled vs the reference (runs in a worker)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     rank, n = dist.get_rank(), dist.get_world_size()
     # Uneven token counts, one of them a single token; one compiled graph must serve all.
     steps = [[2 * r + 3 for r in range(n)], [1 + 6 * (r % 2) for r in range(n)]]
-    out: dict[str, Any] = {"eager_ok": False, "compiled_ok": False, "graph_breaks": -1, "error": ""}
-    start = time.perf_counter()
-    try:
+    with measure() as out:
         weights = ModelWeights.random(CONFIG, LAYERS, seed=3, device=device)
-        model = sharded_model(CONFIG, weights, _layout(kind), manager, debug=True)
+        model = sharded_model(CONFIG, weights, layout(kind), manager, debug=True)
         reference = reference_model(CONFIG, weights)
         wants, inputs = [], []
         for step, counts in enumerate(steps):
@@ -72,11 +80,11 @@ def check_moe_case(manager: str, kind: str, device: str, compile_backend: str) -
             begin = sum(counts[:rank])
             wants.append(reference(torch.cat(xs))[begin : begin + counts[rank]])
             inputs.append(xs[rank])
-        out["eager_ok"] = all(_close(model(x), w) for x, w in zip(inputs, wants, strict=True))
+        out.eager_ok = all(_close(model(x), w) for x, w in zip(inputs, wants, strict=True))
         # Token counts and all_to_all splits are read with .tolist(): data-dependent ints.
         with torch._dynamo.config.patch(capture_scalar_outputs=True):
             torch._dynamo.reset()
-            out["graph_breaks"] = torch._dynamo.explain(model)(inputs[0]).graph_break_count
+            out.graph_breaks = torch._dynamo.explain(model)(inputs[0]).graph_break_count
             torch._dynamo.reset()
             counter = CompileCounterWithBackend(compile_backend)
             compiled = torch.compile(model, backend=counter, fullgraph=True)
@@ -84,26 +92,16 @@ def check_moe_case(manager: str, kind: str, device: str, compile_backend: str) -
                 _close(compiled(mark_token_dim(x.clone())), w)
                 for x, w in zip(inputs, wants, strict=True)
             ]
-        out["compiled_ok"] = all(ok) and counter.frame_count == 1
-    except Exception as e:  # reported in the table; the exit code is non-zero
-        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    out["seconds"] = time.perf_counter() - start
+        out.compiled_ok = all(ok) and counter.frame_count == 1
     return out
 
 
-def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
-    return got.shape == want.shape and torch.allclose(got, want, **TOLERANCE)
-
-
-def moe_rows(
-    run: Runner, world_size: int, backend: str, compile_backend: str = "inductor"
-) -> list[Row]:
+def moe_jobs(world_size: int, device: str, compile_backend: str = "inductor") -> list[Job]:
     """One row per manager x layout: the MoE model (RMSNorm -> MoE -> residual, twice)."""
-    device = _device_for(backend)
-    rows = []
+    jobs = []
     for kind in layout_kinds(world_size):
         label = kind if kind != "tp_ep" else "tp{}xep{}".format(*grid_shape(world_size))
         for manager in MANAGERS:
-            per_rank = run(check_moe_case, manager, kind, device, compile_backend)
-            rows.append(Row.from_ranks("moe", f"{manager}/{label}", world_size, backend, per_rank))
-    return rows
+            args = (manager, kind, device, compile_backend)
+            jobs.append(Job("moe", f"{manager}/{label}", check_moe_case, args))
+    return jobs

@@ -1,0 +1,7 @@
+"""``python -m compile_ops.cli``: the same as the ``compile-ops`` command (and what torchrun runs)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""``compile-ops check``: every op and the MoE model, eager and compiled, against a reference.
+
+By default it starts its own ranks (gloo on CPU, NCCL/XCCL when an accelerator is present).
+Under ``torchrun`` it joins that world instead, so the same command checks a multi-node job.
+Rows print as they finish; ``--json`` prints one document at the end instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from compile_ops.testing.cases import OPS
+
+from . import world as worlds
+from .outcome import Job, Outcome, Row, close, measure
+from .tables import Progress, Table, format_table, use_colour
+
+HEADER = ("section", "case", "world", "backend", "eager", "compiled", "breaks", "time")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    worlds.add_world_arguments(parser, "default: 2 on CPU, min(2, devices) with an accelerator")
+    parser.add_argument(
+        "--ops", default=None, help=f"comma-separated subset of {','.join(OPS)} (default: all)"
+    )
+    parser.add_argument("--no-moe", action="store_true", help="skip the MoE model rows")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document (docs/commands.md)"
+    )
+
+
+def check_case(case) -> Outcome:
+    """On one rank: eager and compiled results, graph breaks and time (runs inside a worker)."""
+    import torch
+    import torch.distributed as dist
+
+    from compile_ops.testing.compare import to_device_keeping_layout
+
+    rank = dist.get_rank()
+    with measure() as out:
+        x = to_device_keeping_layout(case.input(rank), case.device)
+        want = case.expected()[rank].to(case.device)
+
+        def fn(t):
+            return case.post(case.call(case.pre(t), rank))
+
+        out.eager_ok = close(fn(x), want)
+        torch._dynamo.reset()
+        out.graph_breaks = torch._dynamo.explain(fn)(x).graph_break_count
+        torch._dynamo.reset()
+        out.compiled_ok = close(torch.compile(fn, fullgraph=True)(x), want)
+    return out
+
+
+def collective_jobs(world_size: int, device: str, ops: tuple[str, ...]) -> list[Job]:
+    from compile_ops.testing.cases import standard_cases
+
+    cases = [c.with_(device=device) for c in standard_cases(world_size) if c.op in ops]
+    return [Job("collectives", str(c), check_case, (c,)) for c in cases]
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "FAIL"
+
+
+def cells(row: Row) -> list[str]:
+    return [
+        row.section,
+        row.name,
+        str(row.world_size),
+        row.backend,
+        _mark(row.eager_ok),
+        _mark(row.compiled_ok),
+        str(row.graph_breaks),
+        f"{row.seconds:.2f}s",
+    ]
+
+
+def patch_table() -> str:
+    """The Inductor patches, their state and why, from the registry's public status rows."""
+    import inductor_patches
+
+    rows = inductor_patches.status()
+    if not rows:
+        return "no inductor patches registered"
+    return format_table(("patch", "state", "why"), [tuple(r) for r in rows])
+
+
+def run_jobs(
+    world: worlds.World, jobs: list[Job], progress: Progress | None, show_rows: bool = True
+) -> list[Row]:
+    """Run every job on every rank. With ``progress`` (the lead), show which one runs and,
+    with ``show_rows``, print each row as soon as it is known."""
+    names = [(len(j.section), len(j.name)) for j in jobs]
+    widths = [max(w) for w in zip(*names, strict=True)] if jobs else [0, 0]
+    table, paint = Table(HEADER, [*widths, 5, 7, 4, 4, 6, 8]), use_colour(sys.stdout)
+    show_rows = show_rows and progress is not None
+    if progress:
+        progress.total = len(jobs)
+    if show_rows:
+        progress.emit(table.head())
+    rows = []
+    for job in jobs:
+        if progress:
+            progress.status(f"{job.section} {job.name}")
+        per_rank = world.run(job.fn, *job.args)
+        row = Row.from_ranks(job.section, job.name, world.size, world.backend, per_rank)
+        rows.append(row)
+        if progress:
+            progress.step()
+        if show_rows:
+            progress.emit(table.line(cells(row), None if row.ok else "red", paint))
+    if progress:
+        progress.clear()
+    return rows
+
+
+def report_json(rows: list[Row], world: worlds.World) -> dict:
+    import inductor_patches
+
+    from .schema import document
+
+    return document(
+        "check",
+        ok=all(r.ok for r in rows),
+        world_size=world.size,
+        backend=world.backend,
+        patches=[r._asdict() for r in inductor_patches.status()],
+        rows=[r.to_json() for r in rows],
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .check_moe import moe_jobs
+
+    ops = worlds.parse_choices(args.ops, OPS, "--ops") if args.ops else OPS
+    plan = worlds.plan_world(args, "compile-ops check")
+    lead = worlds.is_lead_process()
+    if lead and not args.json:
+        print("Inductor patches")
+        print(patch_table())
+        print()
+    progress = Progress(0, "check") if lead else None
+    if progress:
+        progress.status("joining torchrun's world" if plan.size is None else "starting ranks")
+    with plan.start() as world:
+        device = worlds.device_for(world.backend, "compile-ops check")
+        jobs = collective_jobs(world.size, device, ops)
+        if not args.no_moe:
+            jobs += moe_jobs(world.size, device)
+        rows = run_jobs(world, jobs, progress, show_rows=not args.json)
+        if lead and args.json:
+            print(json.dumps(report_json(rows, world), indent=1))
+        elif lead:
+            for r in rows:
+                if r.error:
+                    print(f"  {r.name}: {r.error}")
+            print(f"\n{sum(r.ok for r in rows)}/{len(rows)} checks passed")
+    return 0 if all(r.ok for r in rows) else 1
