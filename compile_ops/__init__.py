@@ -8,6 +8,7 @@ on (see ``inductor_patches`` and docs/patches.md).
 import inductor_patches
 
 from . import reinplace
+from .autograd import GradientError, copy_to_group, reduce_from_group
 from .collectives import (
     REDUCE_OPS,
     all_gather,
@@ -18,6 +19,7 @@ from .collectives import (
     reduce_scatter,
     reduce_scatterv,
 )
+from .consistency import RankMismatchError, debug_mode, is_debug_mode, set_debug_mode
 from .groups import GroupError, register_group, registered_groups, resolve_group, unregister_group
 
 reinplace.register()
@@ -30,16 +32,23 @@ inductor_patches.apply_configured()
 
 __all__ = [
     "REDUCE_OPS",
+    "GradientError",
     "GroupError",
+    "RankMismatchError",
     "all_gather",
     "all_gatherv",
     "all_reduce",
     "all_to_all",
     "broadcast",
+    "copy_to_group",
+    "debug_mode",
+    "is_debug_mode",
+    "reduce_from_group",
     "reduce_scatter",
     "reduce_scatterv",
     "register_group",
     "registered_groups",
     "resolve_group",
+    "set_debug_mode",
     "unregister_group",
 ]

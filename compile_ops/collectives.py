@@ -33,6 +33,7 @@ from torch.distributed.distributed_c10d import (
 from fake_impls import collectives as shapes
 from fake_impls.collectives import REDUCE_OPS
 
+from . import consistency
 from .groups import GroupError, GroupLike, group_from_name, resolve_group
 
 __all__ = [
@@ -460,7 +461,8 @@ _lib = torch.library.Library(shapes.NAMESPACE, "DEF")
 ops = torch.ops.compile_ops
 for _name, _schema in SCHEMAS.items():
     _lib.define(_schema)
-    _lib.impl(_name, KERNELS[_name], "CompositeExplicitAutograd")
+    # In debug mode the kernel first checks its arguments against every other rank's.
+    _lib.impl(_name, consistency.checked(_name, KERNELS[_name]), "CompositeExplicitAutograd")
     if _name.endswith("_"):
         _lib.impl(_name, _functionalize_twin(_name[:-1], "x"), "Functionalize")
     elif _name.endswith(".out"):

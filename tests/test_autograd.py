@@ -1,0 +1,72 @@
+"""Gradients of the collectives: exact where the adjoint is unambiguous, refused elsewhere."""
+
+import autograd_workers as aw
+import pytest
+import torch
+import workers
+
+GRADIENT_OPS = [
+    "all_gather",
+    "all_gatherv",
+    "all_gatherv_dim1",
+    "reduce_scatter",
+    "reduce_scatter_avg",
+    "reduce_scatterv",
+    "reduce_scatterv_avg",
+    "all_to_all",
+    "broadcast",
+    "broadcast_backward",
+    "pair",
+]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_gradcheck_over_the_whole_world(world, n):
+    for rank, results in enumerate(world(n).run(aw.gradcheck_ops, GRADIENT_OPS)):
+        failed = {name: got for name, got in results.items() if got is not None}
+        assert not failed, f"rank {rank}: {failed}"
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_conjugate_pairs_give_a_tensor_parallel_mlp_its_single_process_gradient(world, n):
+    for outcome, grad, expected in world(n).run(aw.tensor_parallel_mlp):
+        assert outcome is None, outcome
+        torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_compiled_gradients_equal_eager(world, n):
+    for rank, (eager, compiled) in enumerate(world(n).run(aw.eager_and_compiled_grads)):
+        for name, grad in eager.items():
+            assert compiled[name] is not None, f"rank {rank}: {name} has no compiled gradient"
+            torch.testing.assert_close(compiled[name], grad, msg=f"rank {rank}: {name}")
+
+
+def test_complex_all_gather_has_a_gradient(world):
+    for grad, expected in world(2).run(aw.complex_all_gather_grad):
+        torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_reductions_refuse_a_gradient_on_every_rank(world, compiled):
+    pool = world(2)
+    for outcomes in pool.run(aw.refusals, compiled):
+        for name, got in outcomes.items():
+            assert got is not None, f"{name}: nothing was raised"
+            op = name.rsplit("_", 1)[0] if name.endswith(("max", "min", "product")) else name
+            assert f"compile_ops.{op}: x requires grad" in got[1], (name, got)
+            assert "reduce_from_group" in got[1] and "copy_to_group" in got[1]
+            assert got[0] == ("TorchRuntimeError" if compiled else "GradientError"), got
+    assert pool.run(workers.healthy) == [4.0, 4.0]
+
+
+def test_refusal_raises_before_any_communication(world):
+    pool = world(2)
+    got = pool.run(aw.refusal_on_one_rank, timeout=60)[0]
+    assert got is not None and got[0] == "GradientError", got
+    assert pool.run(workers.healthy) == [4.0, 4.0]
+
+
+def test_refusing_ops_run_without_a_gradient(world):
+    a, b, c = world(2).run(aw.no_grad_paths)[0]
+    assert a == [2.0] * 4 and b == [1.0] * 4 and c == [1.0, 1.0]
