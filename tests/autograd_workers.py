@@ -114,30 +114,32 @@ def _seeded_inputs(cases, dtype=torch.float32):
     }
 
 
-def _loss(cases, xs):
-    """One scalar from every op, each output weighted by a rank- and position-dependent weight."""
-    r = dist.get_rank()
-    total = 0
-    for name, (_, fn) in cases.items():
-        y = fn(xs[name])
-        weight = torch.arange(y.numel(), dtype=y.dtype).view(y.shape) + 1 + r
-        total = total + (y * weight).sum()
-    return total
+def _outputs(cases, xs):
+    return {name: fn(xs[name]) for name, (_, fn) in cases.items()}
 
 
-def eager_and_compiled_grads():
-    """Every op's input gradient from one eager and one compiled program: (eager, compiled)."""
+def eager_and_compiled_grads(backend: str, names=None):
+    """The named ops' input gradients, eager and through a compiled program: (eager, compiled).
+
+    Without names: every op and both conjugate pairs. The program returns the ops' outputs and
+    the backward is seeded with rank- and position-dependent gradients, so a graph holds only
+    the collectives (no kernels to compile) and every output element weighs differently.
+    """
     cases = {k: v for k, v in op_cases().items() if k != "pair"}
     cases["copy_to_group"] = ((2,), compile_ops.copy_to_group)
     cases["reduce_from_group"] = ((2,), compile_ops.reduce_from_group)
+    cases = {k: v for k, v in cases.items() if names is None or k in names}
+    r = dist.get_rank()
     grads = []
     torch._dynamo.reset()
-    for run in (
-        lambda xs: _loss(cases, xs),
-        torch.compile(lambda xs: _loss(cases, xs), fullgraph=True),
-    ):
+    compiled = torch.compile(lambda xs: _outputs(cases, xs), fullgraph=True, backend=backend)
+    for run in (lambda xs: _outputs(cases, xs), compiled):
         xs = _seeded_inputs(cases)
-        run(xs).backward()
+        ys = run(xs)
+        seeds = {
+            k: torch.arange(y.numel(), dtype=y.dtype).view(y.shape) + 1 + r for k, y in ys.items()
+        }
+        torch.autograd.backward(list(ys.values()), list(seeds.values()))
         grads.append({name: x.grad for name, x in xs.items()})
     return grads
 
@@ -187,3 +189,33 @@ def no_grad_paths():
     b = compile_ops.all_reduce(x.detach(), op="max")
     c = compile_ops.reduce_scatter(x.detach(), op="product")
     return a.tolist(), b.tolist(), c.tolist()
+
+
+def backward_graph_code():
+    """The compiled backward of all_gatherv and broadcast, as code (world 3, sizes [2, 2, 1]).
+
+    Ranks 0 and 1 trace the same program on inputs of the same shape; their backward graphs
+    must be the same too, or a compile cache shared by the ranks would serve one rank's
+    backward to the other.
+    """
+    from torch._dynamo.backends.common import aot_autograd
+
+    codes = []
+
+    def keep(gm, example_inputs):
+        codes.append(gm.code)
+        return gm
+
+    sizes = [2, 2, 1]
+    r = dist.get_rank()
+
+    def fn(x, y):
+        return compile_ops.all_gatherv(x, sizes), compile_ops.broadcast(y, src=2)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))
+    x = torch.ones(sizes[r], 3, requires_grad=True)
+    y = torch.ones(3, requires_grad=True)
+    a, b = compiled(x, y)
+    (a.sum() + b.sum()).backward()
+    return codes[-1], x.grad, y.grad
