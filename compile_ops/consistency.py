@@ -312,8 +312,8 @@ def _first_difference(op: str, everyone: list[dict], call: dict, ranks: list[int
             return f"compile_ops.{op}: {key} differs across ranks: {_listing(ranks, shown)}"
     if len({fp["shape"][0] for fp in everyone}) > 1:
         free = _FREE_DIM.get(op)
-        label = "x.shape" if free is None else f"x.shape outside dim {everyone[0]['dim'][0]}"
-        label = "x.shape[1:]" if free == 0 else label
+        free = everyone[0]["dim"][0] if free == "dim" else free
+        label = "x.shape" if free is None else f"x.shape outside dim {free}"
         shown = [_shape_text(fp) for fp in everyone]
         return f"compile_ops.{op}: {label} differs across ranks: {_listing(ranks, shown)}"
     if op == "all_to_all" and everyone[0]["input_split_sizes"][0] == n:
