@@ -174,6 +174,34 @@ def _all_reduce_autograd(x: torch.Tensor, op: str, group_name: str) -> torch.Ten
         return ops.all_reduce.default(x, op, group_name)
 
 
+def _twin_autograd(name: str, mutated: str):
+    """Autograd kernel of an in-place or out= twin: no gradient, and the write is recorded.
+
+    A twin writes a buffer the caller owns (static buffers of a captured graph); it has no
+    backward. Bumping the written tensor's version lets autograd catch a tensor that an earlier
+    op saved for its backward and the twin then overwrote.
+    """
+    packet, _, overload = name.partition(".")
+    op = getattr(getattr(ops, packet), overload or "default")
+    functional = packet.removesuffix("_")
+
+    def kernel(*args, **kwargs):
+        target = kwargs[mutated] if mutated in kwargs else args[0]
+        tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            which = "x" if args[0].requires_grad else mutated
+            raise GradientError(
+                f"compile_ops.{name}: {which} requires grad, but the in-place and out= forms "
+                f"have no gradient; use the functional compile_ops.{functional}"
+            )
+        with torch._C._AutoDispatchBelowAutograd():
+            result = op(*args, **kwargs)
+        torch.autograd.graph.increment_version(target)
+        return result
+
+    return kernel
+
+
 def _register(lib: torch.library.Library) -> None:
     """Define ``broadcast_backward`` and register every collective's autograd kernel."""
     lib.define(BROADCAST_BACKWARD_SCHEMA)
@@ -198,6 +226,9 @@ def _register(lib: torch.library.Library) -> None:
         torch.library.register_autograd(
             f"{NAMESPACE}::{name}", backward, setup_context=setup, lib=lib
         )
+    for name in collectives.SCHEMAS:
+        if name.endswith("_") or name.endswith(".out"):
+            lib.impl(name, _twin_autograd(name, "x" if name.endswith("_") else "out"), "Autograd")
     lib.impl("all_reduce", _all_reduce_autograd, "Autograd")
     lib.impl(
         "reduce_scatter",

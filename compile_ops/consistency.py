@@ -300,22 +300,22 @@ def _first_difference(op: str, everyone: list[dict], call: dict, ranks: list[int
         if len(set(values)) > 1:
             where = "compile_ops" if key == "op" else f"compile_ops.{op}"
             shown = [_decode(key, v, call) for v in values]
-            return f"{where}: {_LABELS[key]} differs across ranks: {_listing(ranks, shown)}"
+            return f"{where}: ranks disagree on {_LABELS[key]}: {_listing(ranks, shown)}"
     n = len(everyone)
     for key in _LISTS:
         lists = [fp[key] for fp in everyone]
         if len({values[0] for values in lists}) > 1:
             shown = [values[0] for values in lists]
-            return f"compile_ops.{op}: len({key}) differs across ranks: {_listing(ranks, shown)}"
+            return f"compile_ops.{op}: ranks disagree on len({key}): {_listing(ranks, shown)}"
         if op != "all_to_all" and len({tuple(values) for values in lists}) > 1:
             shown = [values[1 : 1 + values[0]] for values in lists]
-            return f"compile_ops.{op}: {key} differs across ranks: {_listing(ranks, shown)}"
+            return f"compile_ops.{op}: ranks disagree on {key}: {_listing(ranks, shown)}"
     if len({fp["shape"][0] for fp in everyone}) > 1:
         free = _FREE_DIM.get(op)
         free = everyone[0]["dim"][0] if free == "dim" else free
         label = "x.shape" if free is None else f"x.shape outside dim {free}"
         shown = [_shape_text(fp) for fp in everyone]
-        return f"compile_ops.{op}: {label} differs across ranks: {_listing(ranks, shown)}"
+        return f"compile_ops.{op}: ranks disagree on {label}: {_listing(ranks, shown)}"
     if op == "all_to_all" and everyone[0]["input_split_sizes"][0] == n:
         return _split_difference(everyone, ranks)
     if op == "all_gatherv" and everyone[0]["sizes"][0] == n:
@@ -338,7 +338,7 @@ def _split_difference(everyone: list[dict], ranks: list[int]) -> str | None:
         for s, count in enumerate(row):
             if count != expects[s][r]:
                 return (
-                    f"compile_ops.all_to_all: rank {ranks[r]} sends {count} rows to rank "
+                    f"compile_ops.all_to_all: rank {ranks[r]} sends {count} row(s) to rank "
                     f"{ranks[s]} (input_split_sizes[{s}]={count}) but rank {ranks[s]} expects "
                     f"{expects[s][r]} from rank {ranks[r]} (output_split_sizes[{r}]="
                     f"{expects[s][r]}); input_split_sizes per rank: {_listing(ranks, sends)}; "

@@ -219,3 +219,16 @@ def backward_graph_code():
     a, b = compiled(x, y)
     (a.sum() + b.sum()).backward()
     return codes[-1], x.grad, y.grad
+
+
+def twins():
+    """The in-place and out= twins: no gradient, and their writes are seen by autograd."""
+    n, name = dist.get_world_size(), _group_name()
+    w, x = torch.ones(3, requires_grad=True), torch.full((3,), 2.0)
+    y = w * x  # saves x for w's gradient
+    ops.all_reduce_(x, "sum", name)
+    stale = raises(y.sum().backward)
+    refused = raises(ops.all_reduce_, torch.ones(3, requires_grad=True) * 1, "sum", name)
+    out = torch.empty(3 * n)
+    refused_out = raises(ops.all_gather.out, torch.ones(3, requires_grad=True), 0, n, name, out=out)
+    return stale, refused, refused_out

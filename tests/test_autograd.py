@@ -22,7 +22,7 @@ GRADIENT_OPS = [
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_gradcheck_over_the_whole_world(world, n):
-    for rank, results in enumerate(world(n).run(aw.gradcheck_ops, GRADIENT_OPS)):
+    for rank, results in enumerate(world(n).run(aw.gradcheck_ops, GRADIENT_OPS, timeout=120)):
         failed = {name: got for name, got in results.items() if got is not None}
         assert not failed, f"rank {rank}: {failed}"
 
@@ -95,3 +95,12 @@ def test_refusal_raises_before_any_communication(world):
 def test_refusing_ops_run_without_a_gradient(world):
     a, b, c = world(2).run(aw.no_grad_paths)[0]
     assert a == [2.0] * 4 and b == [1.0] * 4 and c == [1.0, 1.0]
+
+
+def test_twins_refuse_a_gradient_and_record_their_writes(world):
+    pool = world(2)
+    for stale, refused, refused_out in pool.run(aw.twins, timeout=60):
+        assert stale is not None and "modified by an inplace operation" in stale[1], stale
+        assert refused[0] == "GradientError" and "compile_ops.all_reduce_: x requires" in refused[1]
+        assert refused_out[0] == "GradientError" and "all_gather.out: x requires" in refused_out[1]
+    assert pool.run(workers.healthy) == [4.0, 4.0]

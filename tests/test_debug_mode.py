@@ -12,31 +12,38 @@ import workers
 EXPECTED = {
     "split_sizes": [
         "compile_ops.all_to_all:",
-        "rank 0 sends 1 rows to rank {last} (input_split_sizes[{last}]=1)",
+        "rank 0 sends 1 row(s) to rank {last} (input_split_sizes[{last}]=1)",
         "but rank {last} expects 2 from rank 0 (output_split_sizes[0]=2)",
     ],
-    "reduce_op": ["compile_ops.all_reduce: op differs across ranks", "rank {last}: 'max'", "'sum'"],
-    "dim": ["compile_ops.all_gather: dim differs across ranks", "rank 0: 0", "rank {last}: 1"],
-    "shape": ["compile_ops.all_reduce: x.shape differs", "rank 0: [2, 3]", "rank {last}: [3, 3]"],
-    "dtype": ["x.dtype differs", "rank 0: torch.float32", "rank {last}: torch.int32"],
+    "reduce_op": ["compile_ops.all_reduce: ranks disagree on op", "rank {last}: 'max'", "'sum'"],
+    "dim": ["compile_ops.all_gather: ranks disagree on dim", "rank 0: 0", "rank {last}: 1"],
+    "shape": [
+        "compile_ops.all_reduce: ranks disagree on x.shape",
+        "rank 0: [2, 3]",
+        "rank {last}: [3, 3]",
+    ],
+    "dtype": ["ranks disagree on x.dtype", "rank 0: torch.float32", "rank {last}: torch.int32"],
     "collective": [
-        "compile_ops: the collective differs",
+        "compile_ops: ranks disagree on the collective",
         "rank 0: all_reduce",
         "rank {last}: all_gather",
     ],
     "gatherv_sizes": [
-        "compile_ops.all_gatherv: sizes differs",
+        "compile_ops.all_gatherv: ranks disagree on sizes",
         "rank 0: [1, 2",
         "rank {last}: [2, 1",
     ],
     "gatherv_extent": ["compile_ops.all_gatherv: x.shape[0]=2 on rank {last} but sizes[{last}]=1"],
-    "scatterv_sizes": ["compile_ops.reduce_scatterv: sizes differs", "rank {last}: [2, 1"],
-    "src": ["compile_ops.broadcast: src differs", "rank 0: 0", "rank {last}: 1"],
+    "scatterv_sizes": [
+        "compile_ops.reduce_scatterv: ranks disagree on sizes",
+        "rank {last}: [2, 1",
+    ],
+    "src": ["compile_ops.broadcast: ranks disagree on src", "rank 0: 0", "rank {last}: 1"],
     "a2a_row_shape": [
-        "compile_ops.all_to_all: x.shape outside dim 0 differs",
+        "compile_ops.all_to_all: ranks disagree on x.shape outside dim 0",
         "rank {last}: [{n}, 3]",
     ],
-    "scatter_dim": ["compile_ops.reduce_scatter: dim differs", "rank {last}: 1"],
+    "scatter_dim": ["compile_ops.reduce_scatter: ranks disagree on dim", "rank {last}: 1"],
 }
 
 
