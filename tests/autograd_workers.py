@@ -232,3 +232,32 @@ def twins():
     out = torch.empty(3 * n)
     refused_out = raises(ops.all_gather.out, torch.ones(3, requires_grad=True), 0, n, name, out=out)
     return stale, refused, refused_out
+
+
+def opcheck_with_gradients():
+    """torch.library.opcheck of every op that has a gradient, on inputs that require one."""
+    r, n, name = dist.get_rank(), dist.get_world_size(), _group_name()
+    sizes = [k + 1 for k in range(n)]
+    sends = [(r + 2 * s) % 3 for s in range(n)]
+    expects = [(s + 2 * r) % 3 for s in range(n)]
+
+    def x(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    samples = {
+        "all_gather": (ops.all_gather.default, (x(2, 3), 1, n, name)),
+        "all_gatherv": (ops.all_gatherv.default, (x(sizes[r], 2), sizes, 0, name)),
+        "reduce_scatter": (ops.reduce_scatter.default, (x(2 * n, 2), 0, "avg", n, name)),
+        "reduce_scatterv": (
+            ops.reduce_scatterv.default,
+            (x(sum(sizes), 2), sizes, 0, "sum", r, name),
+        ),
+        "all_to_all": (ops.all_to_all.default, (x(sum(sends), 2), expects, sends, name)),
+        "broadcast": (ops.broadcast.default, (x(3), 0, name)),
+        "broadcast_backward": (ops.broadcast_backward.default, (x(3), 1, name)),
+    }
+    results = {}
+    for label, (op, args) in samples.items():
+        torch.manual_seed(0)  # every rank runs the same sequence of collectives
+        results[label] = raises(torch.library.opcheck, op, args)
+    return results

@@ -104,3 +104,9 @@ def test_twins_refuse_a_gradient_and_record_their_writes(world):
         assert refused[0] == "GradientError" and "compile_ops.all_reduce_: x requires" in refused[1]
         assert refused_out[0] == "GradientError" and "all_gather.out: x requires" in refused_out[1]
     assert pool.run(workers.healthy) == [4.0, 4.0]
+
+
+def test_opcheck_passes_with_gradients(world):
+    for rank, results in enumerate(world(2).run(aw.opcheck_with_gradients, timeout=120)):
+        failed = {name: got for name, got in results.items() if got is not None}
+        assert not failed, f"rank {rank}: {failed}"
