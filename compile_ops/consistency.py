@@ -242,8 +242,9 @@ def _exchange(fingerprint: list[int], pg, x: torch.Tensor, name: str) -> list[li
 
         if is_capturing(device):
             raise RuntimeError(
-                f"compile_ops.{name}: debug mode reads every rank's fingerprint back on the host, "
-                "which a graph capture cannot record; check the uncaptured run instead"
+                f"compile_ops.{name}: debug mode cannot run inside a graph capture (it reads "
+                "every rank's fingerprint back on the host); turn it off around the capture, "
+                "whose warm-up calls it does check"
             )
     mine = torch.tensor(fingerprint, dtype=torch.int64, device=device)
     everyone = mine.new_empty(pg.size() * mine.numel())
