@@ -28,7 +28,14 @@ from .groups import (
     unregister_group,
 )
 from .ops import REDUCE_OPS, collectives
+from .ops.autograd import GradientError, copy_to_group, reduce_from_group
 from .ops.collectives import *  # noqa: F403  (every op's public wrapper: collectives.__all__)
+from .ops.consistency import (
+    RankMismatchError,
+    debug_mode,
+    is_debug_mode,
+    set_debug_mode,
+)
 
 reinplace.register()
 
@@ -56,10 +63,18 @@ inductor_patches.apply_configured()
 __all__ = [
     *collectives.__all__,
     "REDUCE_OPS",
+    "GradientError",
     "GroupError",
     "GroupLike",
+    "RankMismatchError",
+    "copy_to_group",
+    "debug_mode",
+    "is_debug_mode",
+    "reduce_from_group",
+    "set_debug_mode",
     "register_group",
     "registered_groups",
     "resolve_group",
+    "set_debug_mode",
     "unregister_group",
 ]

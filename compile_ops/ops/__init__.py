@@ -6,6 +6,8 @@
     kernels.py      eager kernels: the communication over a ProcessGroup
     backend.py      what the kernels need per call (options, group lookup, dtype carriage)
     register.py     the one loop that defines every row with torch.library
+    consistency.py  debug mode: each kernel first checks its arguments against every rank's
+    autograd.py     gradients where the adjoint is unambiguous; refusals and conjugate pairs
 
 Importing this package defines the ops. Shape rules and fakes live in ``fake_impls.collectives``.
 """
@@ -25,5 +27,7 @@ __all__ = ["REDUCE_OPS", "SPECS", "OpSpec", "opcheck_samples"]
 
 _library = torch.library.Library(register.NAMESPACE, "DEF")
 register.register(_library, SPECS.values())
+from . import autograd  # noqa: E402, F401  (registers on the ops just defined)
+
 # `compile-ops audit compile_ops` runs opcheck on the rows' samples.
 set_collective_samples(functools.partial(opcheck_samples, SPECS.values()))

@@ -14,6 +14,7 @@ import torch
 
 from fake_impls import collectives as fakes
 
+from . import consistency
 from .backend import cached_shape
 from .spec import OpSpec
 
@@ -112,7 +113,8 @@ def register(lib: torch.library.Library, specs: Iterable[OpSpec]) -> None:
         kernels, fake = eager_kernels(spec), fake_kernels(spec)
         for name, schema in spec.overloads.items():
             lib.define(schema, tags=_OUT_TAGS if name.endswith(".out") else _TAGS)
-            lib.impl(name, kernels[name], "CompositeExplicitAutograd")
+            # In debug mode the kernel first checks its arguments against every other rank's.
+            lib.impl(name, consistency.checked(name, kernels[name]), "CompositeExplicitAutograd")
             torch.library.register_fake(f"{NAMESPACE}::{name}", fake[name], lib=lib)
         mutated = "x" if spec.twin == "inplace" else "out"
         lib.impl(spec.twin_name, _functionalize_twin(spec.name, mutated), "Functionalize")
