@@ -33,7 +33,7 @@ from torch.distributed.distributed_c10d import (
 from fake_impls import collectives as shapes
 from fake_impls.collectives import REDUCE_OPS
 
-from .groups import GroupError, GroupLike, group_from_name, resolve_group
+from .groups import GroupError, GroupLike, group_and_name, group_from_name
 
 __all__ = [
     "REDUCE_OPS",
@@ -485,46 +485,46 @@ def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: s
 
 def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
     """Reduce ``x`` over the group; every rank gets the result in a new tensor."""
-    pg = resolve_group(group, "all_reduce")
-    return ops.all_reduce(x, op, pg.group_name)
+    _, name = group_and_name(group, "all_reduce")
+    return ops.all_reduce(x, op, name)
 
 
 def broadcast(x: torch.Tensor, src: int = 0, group: GroupLike = None) -> torch.Tensor:
     """Rank ``src`` (a global rank, as in torch.distributed) sends ``x`` to every rank."""
-    pg = resolve_group(group, "broadcast")
-    return ops.broadcast(x, src, pg.group_name)
+    _, name = group_and_name(group, "broadcast")
+    return ops.broadcast(x, src, name)
 
 
 def all_gather(x: torch.Tensor, dim: int = 0, group: GroupLike = None) -> torch.Tensor:
     """Concatenate every rank's ``x`` (all the same shape) along ``dim``."""
-    pg = resolve_group(group, "all_gather")
-    return ops.all_gather(x, dim, pg.size(), pg.group_name)
+    pg, name = group_and_name(group, "all_gather")
+    return ops.all_gather(x, dim, pg.size(), name)
 
 
 def all_gatherv(
     x: torch.Tensor, sizes: Sequence[int], dim: int = 0, group: GroupLike = None
 ) -> torch.Tensor:
     """Concatenate along ``dim`` where rank r contributes ``sizes[r]`` slices."""
-    pg = resolve_group(group, "all_gatherv")
+    pg, name = group_and_name(group, "all_gatherv")
     _check_one_per_rank("all_gatherv", pg, sizes, "sizes")
-    return ops.all_gatherv(x, list(sizes), dim, pg.group_name)
+    return ops.all_gatherv(x, list(sizes), dim, name)
 
 
 def reduce_scatter(
     x: torch.Tensor, dim: int = 0, op: str = "sum", group: GroupLike = None
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's equal slice along ``dim``."""
-    pg = resolve_group(group, "reduce_scatter")
-    return ops.reduce_scatter(x, dim, op, pg.size(), pg.group_name)
+    pg, name = group_and_name(group, "reduce_scatter")
+    return ops.reduce_scatter(x, dim, op, pg.size(), name)
 
 
 def reduce_scatterv(
     x: torch.Tensor, sizes: Sequence[int], dim: int = 0, op: str = "sum", group: GroupLike = None
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's ``sizes[rank]`` slices along ``dim``."""
-    pg = resolve_group(group, "reduce_scatterv")
+    pg, name = group_and_name(group, "reduce_scatterv")
     _check_one_per_rank("reduce_scatterv", pg, sizes, "sizes")
-    return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), pg.group_name)
+    return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), name)
 
 
 def all_to_all(
@@ -537,7 +537,7 @@ def all_to_all(
 
     ``None`` for both means equal splits of dim 0 (as in ``all_to_all_single``).
     """
-    pg = resolve_group(group, "all_to_all")
+    pg, name = group_and_name(group, "all_to_all")
     if output_split_sizes is None and input_split_sizes is None:
         n = pg.size()
         if x.shape[0] % n != 0:
@@ -552,4 +552,4 @@ def all_to_all(
         )
     _check_one_per_rank("all_to_all", pg, output_split_sizes, "output_split_sizes")
     _check_one_per_rank("all_to_all", pg, input_split_sizes, "input_split_sizes")
-    return ops.all_to_all(x, list(output_split_sizes), list(input_split_sizes), pg.group_name)
+    return ops.all_to_all(x, list(output_split_sizes), list(input_split_sizes), name)
