@@ -18,7 +18,15 @@ from .collectives import (
     reduce_scatter,
     reduce_scatterv,
 )
-from .groups import GroupError, register_group, registered_groups, resolve_group, unregister_group
+from .funcol import functional_collectives_enabled, use_functional_collectives
+from .groups import (
+    GroupError,
+    GroupLike,
+    register_group,
+    registered_groups,
+    resolve_group,
+    unregister_group,
+)
 
 reinplace.register()
 
@@ -31,15 +39,18 @@ inductor_patches.apply_configured()
 __all__ = [
     "REDUCE_OPS",
     "GroupError",
+    "GroupLike",
     "all_gather",
     "all_gatherv",
     "all_reduce",
     "all_to_all",
     "broadcast",
+    "functional_collectives_enabled",
     "reduce_scatter",
     "reduce_scatterv",
     "register_group",
     "registered_groups",
     "resolve_group",
     "unregister_group",
+    "use_functional_collectives",
 ]

@@ -33,6 +33,7 @@ from torch.distributed.distributed_c10d import (
 from fake_impls import collectives as shapes
 from fake_impls.collectives import REDUCE_OPS
 
+from .funcol import switchable
 from .groups import GroupError, GroupLike, group_and_name, group_from_name
 
 __all__ = [
@@ -483,18 +484,21 @@ def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: s
         )
 
 
+@switchable
 def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
     """Reduce ``x`` over the group; every rank gets the result in a new tensor."""
     _, name = group_and_name(group, "all_reduce")
     return ops.all_reduce(x, op, name)
 
 
+@switchable
 def broadcast(x: torch.Tensor, src: int = 0, group: GroupLike = None) -> torch.Tensor:
     """Rank ``src`` (a global rank, as in torch.distributed) sends ``x`` to every rank."""
     _, name = group_and_name(group, "broadcast")
     return ops.broadcast(x, src, name)
 
 
+@switchable
 def all_gather(x: torch.Tensor, dim: int = 0, group: GroupLike = None) -> torch.Tensor:
     """Concatenate every rank's ``x`` (all the same shape) along ``dim``."""
     pg, name = group_and_name(group, "all_gather")
@@ -510,6 +514,7 @@ def all_gatherv(
     return ops.all_gatherv(x, list(sizes), dim, name)
 
 
+@switchable
 def reduce_scatter(
     x: torch.Tensor, dim: int = 0, op: str = "sum", group: GroupLike = None
 ) -> torch.Tensor:
@@ -527,6 +532,7 @@ def reduce_scatterv(
     return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), name)
 
 
+@switchable
 def all_to_all(
     x: torch.Tensor,
     output_split_sizes: Sequence[int] | None,

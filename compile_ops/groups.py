@@ -164,6 +164,12 @@ def _bind(pg: ProcessGroup, op: str) -> str:
 
 
 @_constant_result
+def serves_device(pg: ProcessGroup, device_type: str) -> bool:
+    """Whether ``pg``'s backends carry tensors on devices of ``device_type`` (traceable)."""
+    return any(d.type == device_type for d in _real(pg)._device_types)
+
+
+@_constant_result
 def _check_alias(pg: ProcessGroup, op: str, alias: str) -> bool:
     if not _is_live(_real(pg)):
         raise GroupError(f"compile_ops.{op}: group={alias!r} is registered for a destroyed group")
