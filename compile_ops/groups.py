@@ -135,8 +135,8 @@ def group_from_name(group_name: str, op: str) -> ProcessGroup:
     if not _is_live(pg):
         raise GroupError(
             f"compile_ops.{op}: group_name={group_name!r} names no live process group: it was "
-            "destroyed (code compiled for it never runs on a newer group that took its name; pass "
-            "the new ProcessGroup or an alias)"
+            "destroyed. Code compiled for it never runs on a newer group that took its name: "
+            "call torch._dynamo.reset() after re-initialising, and pass the new group or an alias"
         )
     return pg
 
@@ -145,10 +145,7 @@ def group_from_name(group_name: str, op: str) -> ProcessGroup:
 # Call and trace time: the public group argument -> (group, name for the op)
 
 
-@_constant_result
-def _bind(pg: ProcessGroup, op: str) -> str:
-    """The name that means ``pg`` and no other group (see the module docstring)."""
-    pg = _real(pg)
+def _bind_live(pg: ProcessGroup, op: str) -> str:
     if not _is_live(pg):
         raise GroupError(f"compile_ops.{op}: the ProcessGroup passed has been destroyed")
     name = _names.get(pg)
@@ -161,6 +158,12 @@ def _bind(pg: ProcessGroup, op: str) -> str:
         _bound[name] = weakref.ref(pg)
         _names[pg] = name
     return name
+
+
+@_constant_result
+def _bind(pg: ProcessGroup, op: str) -> str:
+    """The name that means ``pg`` and no other group (see the module docstring)."""
+    return _bind_live(_real(pg), op)
 
 
 @_constant_result
@@ -177,15 +180,17 @@ def _check_alias(pg: ProcessGroup, op: str, alias: str) -> bool:
 
 
 @_constant_result
-def _torch_group(name: str, op: str) -> ProcessGroup:
-    """The live group torch knows by ``name`` now (for a ``#`` name: the group bound to it)."""
+def _bound_group(name: str, op: str) -> tuple[ProcessGroup, str]:
+    """The live group torch knows by ``name`` now (for a ``#`` name: the group bound to it), and
+    the name bound to it. One function: Dynamo cannot hand a group it got from one function
+    marked constant to another."""
     pg = (_lookup if "#" in name else _lookup_torch)(name)
     if pg is None or not _is_live(pg):
         raise GroupError(
             f"compile_ops.{op}: group={name!r} is not a registered alias nor a live torch group "
             f"name; registered aliases: {sorted(_aliases)}"
         )
-    return pg
+    return pg, _bind_live(pg, op)
 
 
 @_constant_result
@@ -200,7 +205,9 @@ def _name_of_ranks(ranks: list[int], op: str) -> str:
         ) from None
 
 
+@_constant_result
 def _name_of_mesh_dim(group: DeviceMesh | tuple, op: str) -> str:
+    # Marked constant: torch 2.14's resolver ends in a NewType call Dynamo cannot trace.
     from torch.distributed._functional_collectives import _resolve_group_name
 
     if isinstance(group, DeviceMesh) and group.ndim != 1:
@@ -231,26 +238,26 @@ def group_and_name(group: GroupLike, op: str = "resolve_group") -> tuple[Process
     DeviceMesh, ``(mesh, dim)`` and rank lists go through functional collectives' own resolver.
     """
     if isinstance(group, ProcessGroup):
-        pg = group
-    elif group is None:
+        return group, _bind(group, op)
+    if group is None:
         pg = _default_group(op)
-    elif isinstance(group, str):
+        return pg, _bind(pg, op)
+    if isinstance(group, str):
         alias = _aliases.get(group)
         if alias is not None and _check_alias(alias, op, group):
             return alias, group
-        pg = _torch_group(group, op)
-    elif isinstance(group, list):
-        pg = _torch_group(_name_of_ranks(group, op), op)
-    elif isinstance(group, (DeviceMesh, tuple)):
-        pg = _torch_group(_name_of_mesh_dim(group, op), op)
-    elif group is dist.GroupMember.NON_GROUP_MEMBER:
+        return _bound_group(group, op)
+    if isinstance(group, list):
+        return _bound_group(_name_of_ranks(group, op), op)
+    # Two calls: torch 2.14's Dynamo answers isinstance(mesh, (DeviceMesh, tuple)) with False.
+    if isinstance(group, tuple) or isinstance(group, DeviceMesh):  # noqa: SIM101
+        return _bound_group(_name_of_mesh_dim(group, op), op)
+    if group is dist.GroupMember.NON_GROUP_MEMBER:
         raise GroupError(f"compile_ops.{op}: this rank is not a member of the group passed")
-    else:
-        raise TypeError(
-            f"compile_ops.{op}: group must be a ProcessGroup, a group name, a DeviceMesh, "
-            f"(DeviceMesh, dim), a list of ranks or None, got {type(group)}"
-        )
-    return pg, _bind(pg, op)
+    raise TypeError(
+        f"compile_ops.{op}: group must be a ProcessGroup, a group name, a DeviceMesh, "
+        f"(DeviceMesh, dim), a list of ranks or None, got {type(group)}"
+    )
 
 
 def resolve_group(group: GroupLike, op: str = "resolve_group") -> ProcessGroup:
