@@ -36,6 +36,7 @@ from .ops.consistency import (
     is_debug_mode,
     set_debug_mode,
 )
+from .ops.funcol import functional_collectives_enabled, use_functional_collectives
 
 reinplace.register()
 
@@ -69,12 +70,13 @@ __all__ = [
     "RankMismatchError",
     "copy_to_group",
     "debug_mode",
+    "functional_collectives_enabled",
     "is_debug_mode",
     "reduce_from_group",
-    "set_debug_mode",
     "register_group",
     "registered_groups",
     "resolve_group",
     "set_debug_mode",
     "unregister_group",
+    "use_functional_collectives",
 ]

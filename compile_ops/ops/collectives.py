@@ -16,8 +16,9 @@ from torch.distributed import ProcessGroup
 
 from fake_impls import collectives as shapes
 
-from ..groups import GroupError, GroupLike, resolve_group
+from ..groups import GroupError, GroupLike, group_and_name
 from . import kernels
+from .funcol import switchable
 from .spec import Calls, OpSpec
 
 __all__ = [
@@ -60,10 +61,11 @@ def _reduced(inputs: Tensors, op: str) -> torch.Tensor:
 # -- all_reduce -----------------------------------------------------------------------------------
 
 
+@switchable
 def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
     """Reduce ``x`` over the group; every rank gets the result in a new tensor."""
-    pg = resolve_group(group, "all_reduce")
-    return ops.all_reduce(x, op, pg.group_name)
+    _, name = group_and_name(group, "all_reduce")
+    return ops.all_reduce(x, op, name)
 
 
 ALL_REDUCE = OpSpec(
@@ -82,10 +84,11 @@ ALL_REDUCE = OpSpec(
 # -- broadcast ------------------------------------------------------------------------------------
 
 
+@switchable
 def broadcast(x: torch.Tensor, src: int = 0, group: GroupLike = None) -> torch.Tensor:
     """Rank ``src`` (a global rank, as in torch.distributed) sends ``x`` to every rank."""
-    pg = resolve_group(group, "broadcast")
-    return ops.broadcast(x, src, pg.group_name)
+    _, name = group_and_name(group, "broadcast")
+    return ops.broadcast(x, src, name)
 
 
 BROADCAST = OpSpec(
@@ -104,10 +107,11 @@ BROADCAST = OpSpec(
 # -- all_gather -----------------------------------------------------------------------------------
 
 
+@switchable
 def all_gather(x: torch.Tensor, dim: int = 0, group: GroupLike = None) -> torch.Tensor:
     """Concatenate every rank's ``x`` (all the same shape) along ``dim``."""
-    pg = resolve_group(group, "all_gather")
-    return ops.all_gather(x, dim, pg.size(), pg.group_name)
+    pg, name = group_and_name(group, "all_gather")
+    return ops.all_gather(x, dim, pg.size(), name)
 
 
 def _concatenated(xs: Tensors, calls: Calls) -> list[torch.Tensor]:
@@ -136,9 +140,9 @@ def all_gatherv(
     x: torch.Tensor, sizes: Sequence[int], dim: int = 0, group: GroupLike = None
 ) -> torch.Tensor:
     """Concatenate along ``dim`` where rank r contributes ``sizes[r]`` slices."""
-    pg = resolve_group(group, "all_gatherv")
+    pg, name = group_and_name(group, "all_gatherv")
     _check_one_per_rank("all_gatherv", pg, sizes, "sizes")
-    return ops.all_gatherv(x, list(sizes), dim, pg.group_name)
+    return ops.all_gatherv(x, list(sizes), dim, name)
 
 
 def _rising(g: ProcessGroup) -> list[int]:
@@ -164,12 +168,13 @@ ALL_GATHERV = OpSpec(
 # -- reduce_scatter -------------------------------------------------------------------------------
 
 
+@switchable
 def reduce_scatter(
     x: torch.Tensor, dim: int = 0, op: str = "sum", group: GroupLike = None
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's equal slice along ``dim``."""
-    pg = resolve_group(group, "reduce_scatter")
-    return ops.reduce_scatter(x, dim, op, pg.size(), pg.group_name)
+    pg, name = group_and_name(group, "reduce_scatter")
+    return ops.reduce_scatter(x, dim, op, pg.size(), name)
 
 
 def _scattered(xs: Tensors, sizes: Sequence[int], call: dict) -> list[torch.Tensor]:
@@ -201,9 +206,9 @@ def reduce_scatterv(
     x: torch.Tensor, sizes: Sequence[int], dim: int = 0, op: str = "sum", group: GroupLike = None
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's ``sizes[rank]`` slices along ``dim``."""
-    pg = resolve_group(group, "reduce_scatterv")
+    pg, name = group_and_name(group, "reduce_scatterv")
     _check_one_per_rank("reduce_scatterv", pg, sizes, "sizes")
-    return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), pg.group_name)
+    return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), name)
 
 
 REDUCE_SCATTERV = OpSpec(
@@ -225,6 +230,7 @@ REDUCE_SCATTERV = OpSpec(
 # -- all_to_all -----------------------------------------------------------------------------------
 
 
+@switchable
 def all_to_all(
     x: torch.Tensor,
     output_split_sizes: Sequence[int] | None,
@@ -235,7 +241,7 @@ def all_to_all(
 
     ``None`` for both means equal splits of dim 0 (as in ``all_to_all_single``).
     """
-    pg = resolve_group(group, "all_to_all")
+    pg, name = group_and_name(group, "all_to_all")
     if output_split_sizes is None and input_split_sizes is None:
         n = pg.size()
         if x.shape[0] % n != 0:
@@ -250,7 +256,7 @@ def all_to_all(
         )
     _check_one_per_rank("all_to_all", pg, output_split_sizes, "output_split_sizes")
     _check_one_per_rank("all_to_all", pg, input_split_sizes, "input_split_sizes")
-    return ops.all_to_all(x, list(output_split_sizes), list(input_split_sizes), pg.group_name)
+    return ops.all_to_all(x, list(output_split_sizes), list(input_split_sizes), name)
 
 
 def _exchanged(xs: Tensors, calls: Calls) -> list[torch.Tensor]:

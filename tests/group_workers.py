@@ -1,0 +1,168 @@
+"""Rank functions for the group, export and functional-collectives tests (module level: they
+pickle by reference)."""
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+import compile_ops
+
+
+def outcome(fn, *args, **kwargs):
+    """``fn``'s result (a tensor's first element), or ``(exception type, message)``."""
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as e:
+        return type(e).__name__, str(e)
+    return result.flatten()[0].item() if isinstance(result, torch.Tensor) else result
+
+
+def _reduce(x, group):
+    return compile_ops.all_reduce(x, group=group)
+
+
+def _compiled(fn):
+    return torch.compile(fn, fullgraph=True, backend="eager")
+
+
+# --- aliases never shadow torch group names ----------------------------------------------------
+
+
+def alias_refusals():
+    """Try to register aliases that are, or could become, torch group names; then use groups."""
+    n = dist.get_world_size()
+    sub = dist.new_group(list(range(n - 1)))  # every rank takes part in creating it
+    member = dist.get_rank() < n - 1
+    tries = {
+        "world name": "0",
+        "own name": sub.group_name if member else "1",
+        "future counter": str(dist.distributed_c10d._world.group_count + 3),
+        "hashed name": "0123456789abcdef0123456789abcdef01234567",
+        "reserved #": "tp#2",
+        "empty": "",
+    }
+    results = {}
+    for what, name in tries.items():
+        try:
+            compile_ops.register_group(name, sub if member else dist.group.WORLD)
+        except compile_ops.GroupError as e:
+            results[what] = str(e)
+        else:
+            results[what] = None
+            compile_ops.unregister_group(name)  # keep the world usable for the checks below
+    x = torch.ones(2)
+    results["world"] = outcome(compile_ops.all_reduce, x, group=dist.group.WORLD)
+    results["world compiled"] = outcome(_compiled(_reduce), x, dist.group.WORLD)
+    results["'0'"] = outcome(compile_ops.all_reduce, x, group="0")
+    if member:
+        compile_ops.register_group("tp", sub)
+        results["alias"] = outcome(compile_ops.all_reduce, x, group="tp")
+        results["alias compiled"] = outcome(_compiled(_reduce), x, "tp")
+        compile_ops.unregister_group("tp")
+        dist.destroy_process_group(sub)
+    return results
+
+
+# --- destroyed groups raise, and code compiled before a re-init never runs on a new group ------
+
+
+def _reinit_world(timeout_s: float) -> None:
+    """Destroy every group and start a new world over the same rendezvous store."""
+    store = dist.distributed_c10d._get_default_store()
+    rank, n = dist.get_rank(), dist.get_world_size()
+    incarnation = int(os.environ.get("GROUPS_TEST_INCARNATION", "0")) + 1
+    os.environ["GROUPS_TEST_INCARNATION"] = str(incarnation)
+    dist.destroy_process_group()
+    dist.init_process_group(
+        "gloo",
+        store=dist.PrefixStore(f"incarnation{incarnation}", store),
+        rank=rank,
+        world_size=n,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def stale_groups_after_reinit(timeout_s: float = 20.0):
+    """World 3: groups '0' (world) and '1' (ranks 1, 2) are used eager and compiled, every group
+    is destroyed, a new world starts, whose group '1' is ranks 0 and 1. Every use of an old
+    group must raise GroupError; the new groups must work."""
+    torch._dynamo.reset()
+    rank = dist.get_rank()
+    x = torch.ones(2)
+    old_world, old_sub = dist.group.WORLD, dist.new_group([1, 2])
+    by_arg = _compiled(_reduce)
+    by_closure = _compiled(lambda t: compile_ops.all_reduce(t, group=old_sub))
+    by_default = _compiled(lambda t: compile_ops.all_reduce(t))
+    before = {"world": outcome(by_arg, x, old_world), "default": outcome(by_default, x)}
+    if rank != 0:
+        before["sub"] = outcome(by_closure, x)
+    _reinit_world(timeout_s)
+    new_sub = dist.new_group([0, 1])
+    after = {
+        "names": [getattr(g, "group_name", None) for g in (old_world, old_sub, new_sub)],
+        "eager stale world": outcome(compile_ops.all_reduce, x, group=old_world),
+        "compiled stale world": outcome(by_arg, x, old_world),
+        "compiled new world": outcome(by_arg, x, dist.group.WORLD),
+        "compiled default": outcome(by_default, x),
+    }
+    if rank != 0:
+        after["eager stale sub"] = outcome(compile_ops.all_reduce, x, group=old_sub)
+        after["compiled stale sub"] = outcome(by_closure, x)
+    if rank != 2:
+        after["compiled new sub"] = outcome(by_arg, x, new_sub)
+    return before, after
+
+
+def compiled_then_destroyed():
+    """A group used by compiled code, then destroyed: the code raises, eager raises."""
+    torch._dynamo.reset()
+    sub = dist.new_group(list(range(dist.get_world_size())))
+    x = torch.ones(2)
+    by_arg = _compiled(_reduce)
+    by_closure = _compiled(lambda t: compile_ops.all_gather(t, group=sub))
+    before = (outcome(by_arg, x, sub), by_closure(x).shape[0])
+    dist.destroy_process_group(sub)
+    after = {
+        "compiled by argument": outcome(by_arg, x, sub),
+        "compiled by closure": outcome(by_closure, x),
+        "eager": outcome(compile_ops.all_reduce, x, group=sub),
+    }
+    return before, after
+
+
+# --- funcol's group arguments: DeviceMesh, (mesh, dim), ranks ---------------------------------
+
+
+def mesh_groups():
+    """World 2: the same all_reduce and all_gather over every form of group funcol accepts."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch._dynamo.reset()
+    n, rank = dist.get_world_size(), dist.get_rank()
+    flat = init_device_mesh("cpu", (n,), mesh_dim_names=("tp",))
+    grid = init_device_mesh("cpu", (1, n), mesh_dim_names=("dp", "tp"))
+    x = torch.full((2,), float(rank + 1))
+
+    def ops(t, group):
+        return compile_ops.all_reduce(t, group=group), compile_ops.all_gather(t, group=group)
+
+    forms = {
+        "mesh": flat,
+        "(mesh, 1)": (grid, 1),
+        "mesh['tp']": grid["tp"],
+        "ranks": list(range(n)),
+        "(mesh, 0)": (grid, 0),  # a group of one rank
+    }
+    results = {}
+    # dynamic=False: the dim of (mesh, dim) varies between calls here and must stay a constant
+    compiled = torch.compile(ops, fullgraph=True, backend="eager", dynamic=False)
+    for what, group in forms.items():
+        eager = ops(x, group)
+        graph = compiled(x, group)
+        results[what] = [t.tolist() for t in (*eager, *graph)]
+    results["2-D mesh"] = outcome(compile_ops.all_reduce, x, group=grid)
+    results["unknown ranks"] = outcome(compile_ops.all_reduce, x, group=[n + 3])
+    results["bad tuple"] = outcome(compile_ops.all_reduce, x, group=(grid, "tp"))
+    return results
