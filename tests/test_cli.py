@@ -1,6 +1,7 @@
 """The commands: world set-up and its limits, streamed rows, JSON, the audit's verdicts, torchrun.
 
-Cheap by design: the only world started here is the torchrun check (two gloo ranks, one op).
+Cheap by design: the worlds started here are the shared pool of four (one MoE row) and the
+torchrun check (two gloo ranks, one op).
 """
 
 import io
@@ -84,6 +85,17 @@ def test_outcome_round_trips_through_a_fixed_size_tensor():
             outcome.seconds,
         )
         assert outcome.error.startswith(back.error.rstrip("\ufffd"))
+
+
+def test_check_rows_cover_the_moe_model(world):
+    from compile_ops.cli.check_moe import check_moe_case, grid_shape, layout_kinds
+
+    assert layout_kinds(2) == ["tp", "ep"]
+    assert layout_kinds(4) == ["tp", "ep", "tp_ep"]
+    assert (grid_shape(4), grid_shape(6), grid_shape(5)) == ((2, 2), (2, 3), None)
+    for outcome in world(4).run(check_moe_case, "all_to_all", "tp_ep", "cpu", "aot_eager"):
+        assert outcome.error == ""
+        assert (outcome.eager_ok, outcome.compiled_ok, outcome.graph_breaks) == (True, True, 0)
 
 
 class _ScriptedWorld(worlds.World):

@@ -1,4 +1,5 @@
-"""One rank's verdict on one ``compile-ops check`` case, and the row that sums up every rank's.
+"""``compile-ops check``'s units: a job (one case, run on every rank), each rank's verdict on
+it, and the row that sums up every rank's.
 
 An :class:`Outcome` packs into a fixed-size byte tensor, so ranks under ``torchrun`` exchange
 them with a plain ``all_gather`` (no pickling, no NumPy).
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Outcome", "Row", "measure"]
+__all__ = ["Job", "Outcome", "Row", "close", "measure"]
 
 _NUMBERS = struct.Struct("<??id")  # eager_ok, compiled_ok, graph_breaks, seconds
 _ERROR_BYTES = 1024

@@ -23,86 +23,154 @@ import torch.distributed as dist
 
 from fake_impls.collectives import NAMESPACE
 
-from ..groups import GroupLike, group_from_name, resolve_group
 from . import consistency
 from .collectives import SPECS
+
+from ..groups import GroupLike, group_from_name, resolve_group
 
 __all__ = ["GradientError", "copy_to_group", "reduce_from_group"]
 
 ops = torch.ops.compile_ops
-# Reductions that are linear in x, and what the backward scales the gathered gradient by.
-_LINEAR_REDUCTIONS = {"sum": False, "avg": True}
 
 
 class GradientError(RuntimeError):
     """A gradient was required through a collective whose gradient depends on how its result is used."""
 
 
-def _refuse(op: str, what: str) -> None:
+def _refuse_sum(op: str) -> None:
     raise GradientError(
-        f"compile_ops.{op}: x requires grad, but {what} has no gradient that holds for every "
-        "use of its result. If every rank consumes the sum identically (e.g. a row-parallel "
-        "layer's output), use compile_ops.reduce_from_group (forward all-reduce, backward "
-        "identity); if each rank's gradient is a partial sum, use copy_to_group on the input of "
-        "the rank-local part (forward identity, backward all-reduce). Under torch.no_grad() or "
-        "on x.detach() the op runs as is."
+        f"compile_ops.{op}: x requires grad, but {op}'s gradient depends on how its result is "
+        "used. If every rank consumes the sum identically (e.g. a row-parallel layer's output), "
+        "use compile_ops.reduce_from_group (forward all-reduce, backward identity); if each "
+        "rank's gradient is a partial sum, use copy_to_group on the input of the rank-local "
+        "part (forward identity, backward all-reduce). Under torch.no_grad() or on x.detach() "
+        "the op runs as is."
     )
 
 
-def _wants_grad(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
+def _refuse_unknown(op: str, *args) -> None:
+    raise GradientError(
+        f"compile_ops.{op}: x requires grad, but {op} has no gradient formula. Under "
+        "torch.no_grad() or on x.detach() the op runs as is."
+    )
+
+
+def _refuse_nonlinear(op: str, reduce_op: str) -> None:
+    raise GradientError(
+        f"compile_ops.{op}: x requires grad, but op={reduce_op!r} has no gradient (min and max "
+        "would send it to the winning rank, which ties leave open; a product has none where an "
+        "input is zero). Under torch.no_grad() or on x.detach() the op runs as is."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
-# Movement ops: one backward each, registered with torch.library.register_autograd.
+# Backward formulas: (grad of the output, x's shape, the op's arguments after x) -> grad of x.
 
 
-def _all_gather_backward(ctx, grad):
-    dim, group_size, group_name = ctx.args
+def _all_gather_grad(grad, x_shape, dim, group_size, group_name):
     if grad.is_complex():  # reductions carry complex numbers as pairs of reals
-        dim %= grad.dim()
-        real = ops.reduce_scatter(torch.view_as_real(grad), dim, "sum", group_size, group_name)
-        return torch.view_as_complex(real), None, None, None
-    return ops.reduce_scatter(grad, dim, "sum", group_size, group_name), None, None, None
+        real = torch.view_as_real(grad)
+        summed = ops.reduce_scatter(real, dim % len(x_shape), "sum", group_size, group_name)
+        return torch.view_as_complex(summed)
+    return ops.reduce_scatter(grad, dim, "sum", group_size, group_name)
 
 
-def _all_gatherv_backward(ctx, grad):
+def _all_gatherv_grad(grad, x_shape, sizes, dim, group_name):
     # The adjoint is reduce_scatterv(grad, sizes, dim, "sum", rank). Its output shape depends on
     # this rank, which the forward op does not carry, and a rank read from process state at trace
     # time would be baked into a graph that the compile caches share between ranks. An all_to_all
     # needs no rank: each rank sends every other rank its slice of grad, receives one slice of
     # its own extent from each rank and sums them (the same traffic as a reduce-scatter).
-    sizes, dim, group_name = ctx.args
-    own = ctx.extent
-    rows = grad.movedim(dim, 0)
-    received = ops.all_to_all(rows, [own] * len(sizes), list(sizes), group_name)
-    summed = received.unflatten(0, (len(sizes), own)).sum(0)
-    return summed.movedim(0, dim), None, None, None
+    dim %= len(x_shape)
+    own = x_shape[dim]
+    received = ops.all_to_all(grad.movedim(dim, 0), [own] * len(sizes), list(sizes), group_name)
+    return received.unflatten(0, (len(sizes), own)).sum(0).movedim(0, dim)
 
 
-def _all_to_all_backward(ctx, grad):
-    output_split_sizes, input_split_sizes, group_name = ctx.args
-    return ops.all_to_all(grad, input_split_sizes, output_split_sizes, group_name), None, None, None
+def _reduce_scatter_grad(grad, x_shape, dim, op, group_size, group_name):
+    out = ops.all_gather(grad, dim, group_size, group_name)
+    return out / group_size if op == "avg" else out
 
 
-def _broadcast_backward(ctx, grad):
-    src, group_name = ctx.args
-    return ops.broadcast_backward(grad, src, group_name), None, None
+def _reduce_scatterv_grad(grad, x_shape, sizes, dim, op, rank, group_name):
+    out = ops.all_gatherv(grad, sizes, dim, group_name)
+    return out / len(sizes) if op == "avg" else out
 
 
-def _broadcast_backward_backward(ctx, grad):
-    src, group_name = ctx.args
-    return ops.broadcast(grad, src, group_name), None, None
+def _all_to_all_grad(grad, x_shape, output_split_sizes, input_split_sizes, group_name):
+    return ops.all_to_all(grad, input_split_sizes, output_split_sizes, group_name)
 
 
-def _keep_args(ctx, inputs, output) -> None:
-    ctx.args = tuple(inputs[1:])
+def _broadcast_grad(grad, x_shape, src, group_name):
+    return ops.broadcast_backward(grad, src, group_name)
 
 
-def _keep_args_and_extent(ctx, inputs, output) -> None:
-    x, sizes, dim, group_name = inputs
-    ctx.args = (sizes, dim % x.dim(), group_name)
-    ctx.extent = x.shape[dim]
+def _broadcast_backward_grad(grad, x_shape, src, group_name):
+    return ops.broadcast(grad, src, group_name)
+
+
+def _check_reduce_scatter(op: str, x, dim, reduce_op, *args) -> None:
+    if reduce_op not in ("sum", "avg"):
+        _refuse_nonlinear(op, reduce_op)
+
+
+def _check_reduce_scatterv(op: str, x, sizes, dim, reduce_op, *args) -> None:
+    _check_reduce_scatter(op, x, dim, reduce_op)
+
+
+def _check_all_reduce(op: str, x, reduce_op, *args) -> None:
+    if reduce_op in ("sum", "avg"):
+        _refuse_sum(op)
+    _refuse_nonlinear(op, reduce_op)
+
+
+# op -> (backward formula or None, check that may refuse a gradient before the forward or None)
+GRADIENTS = {
+    "all_gather": (_all_gather_grad, None),
+    "all_gatherv": (_all_gatherv_grad, None),
+    "reduce_scatter": (_reduce_scatter_grad, _check_reduce_scatter),
+    "reduce_scatterv": (_reduce_scatterv_grad, _check_reduce_scatterv),
+    "all_to_all": (_all_to_all_grad, None),
+    "broadcast": (_broadcast_grad, None),
+    "broadcast_backward": (_broadcast_backward_grad, None),
+    "all_reduce": (None, _check_all_reduce),
+}
+
+
+def _autograd_kernel(name: str, gradient, refusal):
+    """The Autograd kernel of a functional collective.
+
+    ``torch.library.register_autograd`` builds the same ``autograd.Function`` around an op. It is
+    built here instead because a refused gradient must raise before the forward moves any byte
+    (register_autograd has no hook there), and because this kernel runs on every call that needs
+    no gradient too, where its plain path costs about half of register_autograd's.
+    """
+    op = getattr(ops, name).default
+
+    def forward(ctx, x, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op(x, *args)
+        ctx.x_shape, ctx.args = x.shape, args
+        return out
+
+    def backward(ctx, grad):
+        return gradient(grad, ctx.x_shape, *ctx.args), *(None for _ in ctx.args)
+
+    function = type(
+        f"{name}_backward",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+
+    def kernel(x, *args):
+        if x.requires_grad and torch.is_grad_enabled():
+            if refusal is not None:
+                refusal(name, x, *args)
+            return function.apply(x, *args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(x, *args)
+
+    return kernel
 
 
 # broadcast's adjoint needs the rank at run time (src gets the sum, the others zeros), so it is an
@@ -118,61 +186,6 @@ def _broadcast_backward_kernel(grad: torch.Tensor, src: int, group_name: str) ->
     if dist.get_rank() != src:
         out.zero_()  # the backend may have used this rank's buffer as scratch
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Reductions: an autograd kernel that refuses before any byte moves.
-
-
-def _reduce_scatter_backward(ctx, grad):
-    dim, op, group_size, group_name = ctx.args
-    out = ops.all_gather(grad, dim, group_size, group_name)
-    return (out / group_size if _LINEAR_REDUCTIONS[op] else out), None, None, None, None
-
-
-def _reduce_scatterv_backward(ctx, grad):
-    sizes, dim, op, _rank, group_name = ctx.args
-    out = ops.all_gatherv(grad, sizes, dim, group_name)
-    return (out / len(sizes) if _LINEAR_REDUCTIONS[op] else out), None, None, None, None, None
-
-
-def _checked_autograd_kernel(op_name: str, backward, reduce_op_index: int):
-    """The autograd kernel ``register_autograd`` would build, plus a refusal before the forward.
-
-    ``register_autograd`` offers no hook that runs before the forward, and a refused gradient
-    must raise before any communication; so this builds the same ``autograd.Function`` itself.
-    """
-    op = getattr(ops, op_name).default
-
-    class Backward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *args):
-            with torch._C._AutoDispatchBelowAutograd():
-                out = op(*args)
-            ctx.args = args[1:]
-            return out
-
-        @staticmethod
-        def backward(ctx, grad):
-            return backward(ctx, grad)
-
-    def kernel(*args):
-        if not _wants_grad(args[0]):
-            with torch._C._AutoDispatchBelowAutograd():
-                return op(*args)
-        reduce_op = args[reduce_op_index]
-        if reduce_op not in _LINEAR_REDUCTIONS:
-            _refuse(op_name, f"op={reduce_op!r}")
-        return Backward.apply(*args)
-
-    return kernel
-
-
-def _all_reduce_autograd(x: torch.Tensor, op: str, group_name: str) -> torch.Tensor:
-    if _wants_grad(x):
-        _refuse("all_reduce", "all_reduce")
-    with torch._C._AutoDispatchBelowAutograd():
-        return ops.all_reduce.default(x, op, group_name)
 
 
 def _twin_autograd(name: str, mutated: str):
@@ -204,7 +217,7 @@ def _twin_autograd(name: str, mutated: str):
 
 
 def _register(lib: torch.library.Library) -> None:
-    """Define ``broadcast_backward`` and register every collective's autograd kernel."""
+    """Define ``broadcast_backward`` and register every collective's Autograd kernel."""
     lib.define(BROADCAST_BACKWARD_SCHEMA)
     lib.impl(
         "broadcast_backward",
@@ -217,30 +230,13 @@ def _register(lib: torch.library.Library) -> None:
         lib=lib,
     )
     torch.fx.node.has_side_effect(ops.broadcast_backward.default)
-    for name, backward, setup in (
-        ("all_gather", _all_gather_backward, _keep_args),
-        ("all_gatherv", _all_gatherv_backward, _keep_args_and_extent),
-        ("all_to_all", _all_to_all_backward, _keep_args),
-        ("broadcast", _broadcast_backward, _keep_args),
-        ("broadcast_backward", _broadcast_backward_backward, _keep_args),
-    ):
-        torch.library.register_autograd(
-            f"{NAMESPACE}::{name}", backward, setup_context=setup, lib=lib
-        )
+    for name, (gradient, refusal) in GRADIENTS.items():
+        lib.impl(name, _autograd_kernel(name, gradient, refusal), "Autograd")
     for spec in SPECS.values():
+        if spec.name not in GRADIENTS:  # an op without a formula refuses rather than drop grads
+            lib.impl(spec.name, _autograd_kernel(spec.name, None, _refuse_unknown), "Autograd")
         mutated = "x" if spec.twin == "inplace" else "out"
         lib.impl(spec.twin_name, _twin_autograd(spec.twin_name, mutated), "Autograd")
-    lib.impl("all_reduce", _all_reduce_autograd, "Autograd")
-    lib.impl(
-        "reduce_scatter",
-        _checked_autograd_kernel("reduce_scatter", _reduce_scatter_backward, 2),
-        "Autograd",
-    )
-    lib.impl(
-        "reduce_scatterv",
-        _checked_autograd_kernel("reduce_scatterv", _reduce_scatterv_backward, 3),
-        "Autograd",
-    )
 
 
 _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
