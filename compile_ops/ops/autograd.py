@@ -23,10 +23,9 @@ import torch.distributed as dist
 
 from fake_impls.collectives import NAMESPACE
 
+from ..groups import GroupLike, group_from_name, resolve_group
 from . import consistency
 from .collectives import SPECS
-
-from ..groups import GroupLike, group_from_name, resolve_group
 
 __all__ = ["GradientError", "copy_to_group", "reduce_from_group"]
 
