@@ -47,12 +47,13 @@ def route(
 
 def _mask_to_best_groups(choice: torch.Tensor, config: MoEConfig) -> torch.Tensor:
     """``choice`` with every expert outside the token's ``topk_groups`` best groups at -inf."""
-    tokens, groups = choice.shape[0], config.expert_groups
-    grouped = choice.view(tokens, groups, -1)
+    # Explicit sizes: a -1 would make the compiler assume at least one token.
+    tokens, groups, experts = choice.shape[0], config.expert_groups, config.experts
+    grouped = choice.view(tokens, groups, experts // groups)
     if config.group_score == "max":
         group_scores = grouped.amax(-1)
     else:
         group_scores = grouped.topk(2, dim=-1).values.sum(-1)
     best = torch.topk(group_scores, config.topk_groups, dim=-1).indices
     keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best, True)
-    return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(tokens, -1)
+    return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(tokens, experts)
