@@ -47,9 +47,7 @@ def run_sharded(
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     layout = Layout.tp(None) if kind == "tp" else Layout.ep(None)
-    block = ShardedMoEBlock(
-        config, weights.to(device), layout, manager, experts_impl=experts_impl
-    )
+    block = ShardedMoEBlock(config, weights.to(device), layout, manager, experts_impl=experts_impl)
     fn, counter = _compiled(block, backend)
     outs = []
     with torch._dynamo.config.patch(capture_scalar_outputs=True):

@@ -94,12 +94,21 @@ def _load(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constex
 
 
 @triton.jit
+def _dot(a, b, acc):
+    # float32 stays float32, as F.linear computes it (Triton's default would be TF32).
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _gate_up_silu_kernel(
     x_ptr, rows_ptr, w_ptr, ends_ptr, out_ptr,
     num_m, N, K, stride_x, stride_we, stride_wn, stride_out,
     N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
 ):  # fmt: skip
     pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
@@ -121,8 +130,8 @@ def _gate_up_silu_kernel(
         a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
         g = _load(g_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
         u = _load(u_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
-        acc_g = tl.dot(a, g, acc_g, input_precision=PRECISION)
-        acc_u = tl.dot(a, u, acc_u, input_precision=PRECISION)
+        acc_g = _dot(a, g, acc_g)
+        acc_u = _dot(a, u, acc_u)
         a_ptrs += BLOCK_K
         g_ptrs += BLOCK_K
         u_ptrs += BLOCK_K
@@ -137,7 +146,7 @@ def _down_scatter_kernel(
     num_m, N, K, stride_a, stride_we, stride_wn, stride_out,
     N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
 ):  # fmt: skip
     pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
@@ -155,7 +164,7 @@ def _down_scatter_kernel(
         k_in = offs_k < K - k0
         a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
         b = _load(b_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = _dot(a, b, acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     scale = tl.load(scale_ptr + offs_m, mask=in_rows, other=0.0)
@@ -165,7 +174,7 @@ def _down_scatter_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :])
 
 
-def _launch_args(cfg: TileConfig, pairs, n_experts: int, n: int, k: int, dtype: torch.dtype):
+def _launch_args(cfg: TileConfig, pairs, n_experts: int, n: int, k: int):
     """(grid, worst-case row tiles, compile-time arguments) of one launch."""
     num_m = triton.cdiv(pairs, cfg.block_m) + n_experts
     grid = (num_m * triton.cdiv(n, cfg.block_n),)
@@ -178,8 +187,6 @@ def _launch_args(cfg: TileConfig, pairs, n_experts: int, n: int, k: int, dtype: 
         "GROUP_M": cfg.group_m,
         "EVEN_K": k % cfg.block_k == 0,
         "EVEN_N": n % cfg.block_n == 0,
-        # float32 stays float32 (as F.linear computes it); 16-bit inputs ignore this.
-        "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
     }
@@ -197,7 +204,7 @@ def gate_up_silu(
     inter = two_i // 2
     out = x.new_empty((rows.shape[0], inter))
     cfg = tile_config("gate_up", x.dtype)
-    grid, num_m, meta = _launch_args(cfg, rows.shape[0], n_experts, inter, hidden, x.dtype)
+    grid, num_m, meta = _launch_args(cfg, rows.shape[0], n_experts, inter, hidden)
     wrap_triton(_gate_up_silu_kernel)[grid](
         x, rows, gate_up, ends, out,
         num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
@@ -220,7 +227,7 @@ def down_scatter(
     n_experts, hidden, inter = down.shape
     out = act.new_empty((act.shape[0], hidden))
     cfg = tile_config("down", act.dtype)
-    grid, num_m, meta = _launch_args(cfg, act.shape[0], n_experts, hidden, inter, act.dtype)
+    grid, num_m, meta = _launch_args(cfg, act.shape[0], n_experts, hidden, inter)
     wrap_triton(_down_scatter_kernel)[grid](
         act, down, ends, dest, scale, out,
         num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
