@@ -18,24 +18,18 @@ from compile_ops.moe.experts import group_pairs
 
 T = tg.TileConfig
 CANDIDATES = {
-    # block_m, block_n, block_k, group_m, warps, stages; two accumulators in gate_up
+    # block_m, block_n, block_k, group_m, warps, stages; gate_up holds two accumulators
     "gate_up": [
         T(64, 128, 64, 8, 4, 3),
         T(64, 128, 64, 8, 4, 4),
-        T(64, 128, 64, 8, 8, 4),
         T(128, 128, 64, 8, 8, 3),
-        T(128, 128, 64, 8, 8, 4),
         T(64, 256, 64, 8, 8, 3),
-        T(64, 64, 128, 8, 4, 3),
     ],
     "down": [
         T(64, 128, 64, 8, 4, 4),
-        T(64, 256, 64, 8, 8, 3),
         T(128, 128, 64, 8, 8, 3),
-        T(128, 128, 64, 8, 8, 4),
         T(128, 256, 64, 8, 8, 3),
-        T(64, 128, 128, 8, 4, 3),
-        T(64, 64, 128, 8, 4, 4),
+        T(64, 256, 64, 8, 8, 3),
     ],
 }
 
