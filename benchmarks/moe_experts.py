@@ -85,6 +85,23 @@ class SortGroupedMM(torch.nn.Module):
         return out.to(x.dtype)
 
 
+class ExpertStage(torch.nn.Module):
+    """Routing and the grouped experts of a block, without its manager: the same work as the
+    reference, to tell the expert compute from the block's token movement."""
+
+    def __init__(self, block: ShardedMoEBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        b = self.block
+        weights, ids = compute.route(x, b.router, b.config)
+        y, _ = compute.local_experts(
+            x, ids, weights, b.expert_ids, b.gate_up, b.down, b.experts_impl
+        )
+        return y.to(x.dtype)
+
+
 def transformers_block(config: MoEConfig, w: MoEWeights, gate_up: torch.Tensor):
     """transformers' Mixtral block with the same weights and its grouped_mm experts."""
     import transformers
@@ -142,6 +159,8 @@ def candidates(config, w, device, impls):
         block = ShardedMoEBlock(config, w, Layout.ep(None), "agrs", experts_impl=impl)
         compiled = torch.compile(block, fullgraph=True)
         out[f"block[{impl}]"] = lambda x, f=compiled: f(mark_token_dim(x))
+        stage = torch.compile(ExpertStage(block), fullgraph=True)
+        out[f"experts[{impl}]"] = lambda x, f=stage: f(mark_token_dim(x))
     reference = torch.compile(SortGroupedMM(config, w, gate_up), fullgraph=True)
     out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x, 0))
     try:
@@ -157,7 +176,23 @@ def _dynamic(x, dim):
     return x
 
 
-def measure_shape(name, shape, tokens_list, device, impls) -> list[dict]:
+def profile(fns: dict, x, where: str, out_path: str) -> None:
+    """The device kernels of each candidate over 5 calls (after the timed ones), appended to
+    ``out_path``: where the time of a block goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with open(out_path, "a") as f:
+        for label, fn in fns.items():
+            with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    fn(x)
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=14)
+            f.write(f"\n=== {where} {label} (5 calls)\n{table}\n")
+
+
+def measure_shape(name, shape, tokens_list, device, impls, profile_at=(), profile_out=None):
     hidden, inter, experts, k = shape
     config = MoEConfig(hidden=hidden, intermediate=inter, experts=experts, top_k=k)
     w = random_weights(config, device)
@@ -183,6 +218,9 @@ def measure_shape(name, shape, tokens_list, device, impls) -> list[dict]:
                 row["act_ratio"] = row["act_bytes"] / bound
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if f"{name}:{tokens}" in profile_at and profile_out:
+            with torch._dynamo.config.patch(capture_scalar_outputs=True):
+                profile(fns, x, f"{name} {tokens} tokens", profile_out)
     del fns, w
     torch._dynamo.reset()
     return rows
@@ -255,11 +293,19 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one small shape")
     parser.add_argument("--sweep", action="store_true", help="tune the Triton tiles first")
     parser.add_argument("--impls", default=",".join(IMPLS), help="experts_impl values to time")
+    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts")
     parser.add_argument("--json", help="write the rows (and the environment) here")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="SHAPE:TOKENS,... to profile (kernel tables appended to --profile-out)",
+    )
+    parser.add_argument("--profile-out", default="moe_experts_profile.txt")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = QUICK if args.quick else SHAPES
     impls = [i for i in args.impls.split(",") if i]
+    tokens = [int(t) for t in args.tokens.split(",")]
     if device.type != "cuda":
         impls = [i for i in impls if i != "triton"]
     dist.init_process_group(
@@ -271,12 +317,14 @@ def main(argv=None) -> int:
     if args.sweep and "triton" in impls:
         from moe_experts_sweep import apply_best, sweep_configs
 
-        sweep = sweep_configs(shapes, TOKENS, device)
+        sweep = sweep_configs(shapes, tokens, device)
         env["triton_configs"] = apply_best(sweep)
         print(json.dumps({"chosen": env["triton_configs"]}), flush=True)
     rows = []
     for name, shape in shapes.items():
-        rows += measure_shape(name, shape, TOKENS, device, impls)
+        rows += measure_shape(
+            name, shape, tokens, device, impls, args.profile.split(","), args.profile_out
+        )
     add_ratios(rows)
     print(table(rows))
     if args.json:

@@ -1,8 +1,9 @@
 """Tile sweep of the Triton grouped GEMMs (compile_ops/moe/triton_grouped_gemm.py), run by
 ``benchmarks/moe_experts.py --sweep``: each candidate tile for each kernel on every shape x token
-count, next to ``torch._grouped_mm`` doing the same product. The winner per kernel is the
-candidate with the lowest geometric mean of (time / best time of the case): the row count is
-data, so one tile must serve every count.
+count, next to ``torch._grouped_mm`` doing the same product (with its gather and SiLU kernels
+for gate_up). Cases fall in two regimes by routed rows per expert (below or from
+``LARGE_FROM_ROWS_PER_EXPERT``); the winner of a regime is the candidate with the lowest
+geometric mean of (time / best time of the case) over its cases.
 """
 
 from __future__ import annotations
@@ -64,28 +65,31 @@ def sweep_configs(shapes: dict, tokens_list, device) -> list[dict]:
     from moe_experts import bench
 
     rows = []
+    saved = dict((kernel, tg.CONFIGS[(kernel, 2)]) for kernel in CANDIDATES)
     for name, shape in shapes.items():
         for tokens in tokens_list:
             problem = _problem(shape, tokens, device)
             for kernel, candidates in CANDIDATES.items():
                 for cand in candidates:
-                    tg.CONFIGS[(kernel, 2)] = cand
+                    tg.CONFIGS[(kernel, 2)] = (cand,)
                     try:
                         ms = bench(lambda _, f=problem[kernel]: f(), None, device)
                     except Exception as e:  # e.g. out of shared memory
                         ms, error = None, f"{type(e).__name__}: {str(e)[:120]}"
                     else:
                         error = None
-                    rows.append(_row(name, tokens, kernel, cand._asdict(), ms, error))
-                tg.CONFIGS[(kernel, 2)] = candidates[0]
+                    rows.append(_row(name, shape, tokens, kernel, cand._asdict(), ms, error))
+                tg.CONFIGS[(kernel, 2)] = saved[kernel]
                 ms = bench(lambda _, f=problem[f"grouped_mm {kernel}"]: f(), None, device)
-                rows.append(_row(name, tokens, kernel, "torch._grouped_mm", ms, None))
+                rows.append(_row(name, shape, tokens, kernel, "torch._grouped_mm", ms, None))
             del problem
     return rows
 
 
-def _row(shape, tokens, kernel, config, ms, error):
-    row = {"shape": shape, "tokens": tokens, "kernel": kernel, "config": config, "ms": ms}
+def _row(name, shape, tokens, kernel, config, ms, error):
+    experts, k = shape[2:]
+    row = {"shape": name, "tokens": tokens, "kernel": kernel, "config": config, "ms": ms}
+    row["large"] = tokens * k >= tg.LARGE_FROM_ROWS_PER_EXPERT * experts
     if error:
         row["error"] = error
     print(row, flush=True)
@@ -93,36 +97,38 @@ def _row(shape, tokens, kernel, config, ms, error):
 
 
 def apply_best(rows: list[dict]) -> dict:
-    """Set each kernel's tile to the sweep's winner; returns them."""
+    """Set each kernel's (few rows, many rows) tiles to the sweep's winners; returns them."""
     chosen = {}
     for kernel, candidates in CANDIDATES.items():
-        cases = {(r["shape"], r["tokens"]) for r in rows if r["kernel"] == kernel}
-        best = {
-            case: min(
-                r["ms"]
-                for r in rows
-                if (r["shape"], r["tokens"]) == case
-                and r["kernel"] == kernel
-                and r["ms"]
-                and r["config"] != "torch._grouped_mm"
-            )
-            for case in cases
-        }
-
-        def score(cand, cases=cases, best=best, kernel=kernel):
-            logs = []
-            for case in cases:
-                ms = next(
-                    r["ms"]
-                    for r in rows
-                    if (r["shape"], r["tokens"]) == case
-                    and r["kernel"] == kernel
-                    and r["config"] == cand._asdict()
-                )
-                logs.append(math.log(ms / best[case]) if ms else math.inf)
-            return sum(logs) / len(logs)
-
-        winner = min(candidates, key=score)
-        tg.CONFIGS[(kernel, 2)] = winner
-        chosen[kernel] = {"config": winner._asdict(), "geomean_vs_best": math.exp(score(winner))}
+        tiles = list(tg.CONFIGS[(kernel, 2)])
+        for large in (False, True):
+            mine = [r for r in rows if r["kernel"] == kernel and r["large"] == large]
+            if not mine:  # no case in this regime: keep the tile
+                continue
+            winner, score = _winner(mine, candidates)
+            tiles[int(large)] = winner
+            chosen[f"{kernel} {'many' if large else 'few'} rows"] = {
+                "config": winner._asdict(),
+                "geomean_vs_best": score,
+            }
+        tg.CONFIGS[(kernel, 2)] = tuple(tiles)
     return chosen
+
+
+def _winner(rows: list[dict], candidates):
+    cases = {(r["shape"], r["tokens"]) for r in rows}
+    timed = [r for r in rows if r["config"] != "torch._grouped_mm"]
+    best = {
+        c: min(r["ms"] for r in timed if (r["shape"], r["tokens"]) == c and r["ms"]) for c in cases
+    }
+
+    def score(cand):
+        logs = [
+            math.log(r["ms"] / best[(r["shape"], r["tokens"])]) if r["ms"] else math.inf
+            for r in timed
+            if r["config"] == cand._asdict()
+        ]
+        return math.exp(sum(logs) / len(logs))
+
+    winner = min(candidates, key=score)
+    return winner, score(winner)

@@ -26,8 +26,9 @@ GPU_IMPLS = [
     pytest.param("portable", torch.bfloat16, id="portable-bf16"),
 ]
 # (rows, first local expert, local experts, padding rows): every expert local; an EP slice; no
-# rows; padding rows (id -1 or past the last expert, weight 0, NaN activations).
-CASES = [(37, 0, 8, 0), (37, 2, 4, 0), (0, 0, 8, 0), (23, 4, 4, 5)]
+# rows; padding rows (id -1 or past the last expert, weight 0, NaN activations); 100 rows per
+# expert (the Triton kernels' tile for many rows).
+CASES = [(37, 0, 8, 0), (37, 2, 4, 0), (0, 0, 8, 0), (23, 4, 4, 5), (400, 0, 8, 0)]
 
 
 def _case(config, rows, first, n_local, padding, dtype, device="cpu", seed=0):
@@ -186,10 +187,11 @@ def test_gpu_compiled_one_graph_for_every_row_count(impl, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_triton_in_a_captured_graph(dtype):
-    """Captured once for 48 rows; replayed with other routings, padding rows (id -1, weight 0,
-    NaN activations) among them: the worst-case grid serves every routing."""
-    rows = 48
-    args, _, _ = _case(CONFIG, rows, 2, 4, 0, dtype, "cuda")
+    """Captured once for 400 rows; replayed with other routings: 100 routed rows per expert
+    (the many-rows tile), 25 (the few-rows tile: 300 padding rows with id -1, weight 0, NaN
+    activations), none. The worst-case grid and the tile choice on the device serve them all."""
+    rows = 400
+    args, _, _ = _case(CONFIG, rows, 0, 8, 0, dtype, "cuda")
     static = [a.clone() for a in args[:3]]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -199,8 +201,8 @@ def test_gpu_triton_in_a_captured_graph(dtype):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y, mass = compute.local_experts(*static, *args[3:], "triton")
-    for seed, padding in ((1, 0), (2, 7), (3, rows)):
-        new, want, want_mass = _case(CONFIG, rows, 2, 4, padding, dtype, "cuda", seed)
+    for seed, padding in ((1, 0), (2, 300), (3, rows)):
+        new, want, want_mass = _case(CONFIG, rows, 0, 8, padding, dtype, "cuda", seed)
         for buffer, value in zip(static, new[:3], strict=True):
             buffer.copy_(value)
         graph.replay()

@@ -38,18 +38,41 @@ class TileConfig(NamedTuple):
     num_stages: int
 
 
-# Chosen by a sweep on an H200 (bfloat16; benchmarks/moe_experts.py --sweep, docs/moe.md). The
-# row count is data (unbacked when compiled), so the choice depends on the weights alone.
-CONFIGS = {
-    ("gate_up", 2): TileConfig(64, 128, 64, 8, 4, 4),
-    ("down", 2): TileConfig(64, 128, 64, 8, 4, 4),
-    ("gate_up", 4): TileConfig(64, 64, 32, 8, 4, 3),
-    ("down", 4): TileConfig(64, 64, 32, 8, 4, 3),
+# Two tiles per kernel, chosen by a sweep on an H200 (bfloat16; benchmarks/moe_experts.py
+# --sweep, docs/moe.md): 64-row tiles where experts get few rows (decode: the weights stream
+# once and little of a tile is wasted), 128-row tiles where they get many (prefill: each weight
+# tile is reused by twice the rows). The row count is data, unbacked when compiled, so both are
+# launched: each program first reads the routed row count on the device and returns at once
+# unless its tile is the one for that count. No host read; a captured graph keeps both launches.
+LARGE_FROM_ROWS_PER_EXPERT = 96
+CONFIGS: dict[tuple[str, int], tuple[TileConfig, ...]] = {
+    ("gate_up", 2): (TileConfig(64, 128, 64, 8, 4, 4), TileConfig(128, 128, 64, 8, 8, 3)),
+    ("down", 2): (TileConfig(64, 128, 64, 8, 4, 4), TileConfig(128, 256, 64, 8, 8, 3)),
+    # float32 (exact products, no TF32): one tile for every count; not tuned.
+    ("gate_up", 4): (TileConfig(64, 64, 32, 8, 4, 3),),
+    ("down", 4): (TileConfig(64, 64, 32, 8, 4, 3),),
 }
 
 
-def tile_config(kernel: str, dtype: torch.dtype) -> TileConfig:
+def tile_configs(kernel: str, dtype: torch.dtype) -> tuple[TileConfig, ...]:
+    """(few rows per expert, many rows per expert) tiles, or one tile for every count."""
     return CONFIGS[(kernel, 4 if dtype == torch.float32 else 2)]
+
+
+@triton.jit
+def _not_my_regime(
+    ends_ptr, N_EXPERTS: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr
+):
+    """Whether this launch's tile is not the one for the routed row count (REGIME 0: one tile
+    for every count; 1: few rows per expert; 2: at least LARGE_FROM per expert)."""
+    if REGIME == 0:
+        return False
+    else:
+        large = tl.load(ends_ptr + N_EXPERTS - 1) >= LARGE_FROM * N_EXPERTS
+        if REGIME == 1:
+            return large
+        else:
+            return large == 0
 
 
 @triton.jit
@@ -108,8 +131,10 @@ def _gate_up_silu_kernel(
     num_m, N, K, stride_x, stride_we, stride_wn, stride_out,
     N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr,
 ):  # fmt: skip
+    if _not_my_regime(ends_ptr, N_EXPERTS, REGIME, LARGE_FROM):
+        return
     pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
     if expert >= N_EXPERTS:
@@ -146,8 +171,10 @@ def _down_scatter_kernel(
     num_m, N, K, stride_a, stride_we, stride_wn, stride_out,
     N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr,
 ):  # fmt: skip
+    if _not_my_regime(ends_ptr, N_EXPERTS, REGIME, LARGE_FROM):
+        return
     pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
     if expert >= N_EXPERTS:
@@ -174,23 +201,26 @@ def _down_scatter_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :])
 
 
-def _launch_args(cfg: TileConfig, pairs, n_experts: int, n: int, k: int):
-    """(grid, worst-case row tiles, compile-time arguments) of one launch."""
-    num_m = triton.cdiv(pairs, cfg.block_m) + n_experts
-    grid = (num_m * triton.cdiv(n, cfg.block_n),)
-    meta = {
-        "N_EXPERTS": n_experts,
-        "EXPERTS_POW2": triton.next_power_of_2(n_experts),
-        "BLOCK_M": cfg.block_m,
-        "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k,
-        "GROUP_M": cfg.group_m,
-        "EVEN_K": k % cfg.block_k == 0,
-        "EVEN_N": n % cfg.block_n == 0,
-        "num_warps": cfg.num_warps,
-        "num_stages": cfg.num_stages,
-    }
-    return grid, num_m, meta
+def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int):
+    """(grid, worst-case row tiles, compile-time arguments) of each launch of ``kernel``."""
+    configs = tile_configs(kernel, dtype)
+    for regime, cfg in enumerate(configs, start=int(len(configs) > 1)):
+        num_m = triton.cdiv(pairs, cfg.block_m) + n_experts
+        meta = {
+            "N_EXPERTS": n_experts,
+            "EXPERTS_POW2": triton.next_power_of_2(n_experts),
+            "BLOCK_M": cfg.block_m,
+            "BLOCK_N": cfg.block_n,
+            "BLOCK_K": cfg.block_k,
+            "GROUP_M": cfg.group_m,
+            "EVEN_K": k % cfg.block_k == 0,
+            "EVEN_N": n % cfg.block_n == 0,
+            "REGIME": regime,
+            "LARGE_FROM": LARGE_FROM_ROWS_PER_EXPERT,
+            "num_warps": cfg.num_warps,
+            "num_stages": cfg.num_stages,
+        }
+        yield (num_m * triton.cdiv(n, cfg.block_n),), num_m, meta
 
 
 @triton_op("compile_ops_moe::gate_up_silu", mutates_args=())
@@ -203,13 +233,12 @@ def gate_up_silu(
     n_experts, two_i, hidden = gate_up.shape
     inter = two_i // 2
     out = x.new_empty((rows.shape[0], inter))
-    cfg = tile_config("gate_up", x.dtype)
-    grid, num_m, meta = _launch_args(cfg, rows.shape[0], n_experts, inter, hidden)
-    wrap_triton(_gate_up_silu_kernel)[grid](
-        x, rows, gate_up, ends, out,
-        num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
-        **meta,
-    )  # fmt: skip
+    for grid, num_m, meta in _launches("gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden):
+        wrap_triton(_gate_up_silu_kernel)[grid](
+            x, rows, gate_up, ends, out,
+            num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
+            **meta,
+        )  # fmt: skip
     return out
 
 
@@ -226,11 +255,10 @@ def down_scatter(
     act, down = act.contiguous(), down.contiguous()
     n_experts, hidden, inter = down.shape
     out = act.new_empty((act.shape[0], hidden))
-    cfg = tile_config("down", act.dtype)
-    grid, num_m, meta = _launch_args(cfg, act.shape[0], n_experts, hidden, inter)
-    wrap_triton(_down_scatter_kernel)[grid](
-        act, down, ends, dest, scale, out,
-        num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
-        **meta,
-    )  # fmt: skip
+    for grid, num_m, meta in _launches("down", act.dtype, act.shape[0], n_experts, hidden, inter):
+        wrap_triton(_down_scatter_kernel)[grid](
+            act, down, ends, dest, scale, out,
+            num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
+            **meta,
+        )  # fmt: skip
     return out
