@@ -87,7 +87,7 @@ def grouped_experts(
         slot_out = [slots[:, j].float() for j in range(k)]
     else:
         gmm = _grouped_mm if impl == "grouped_mm" else torch.ops.compile_ops_moe.grouped_mm
-        h = gmm(x[g.order // k], gate_up, g.ends)
+        h = gmm(_gather_rows(x, g.order // k), gate_up, g.ends)
         inter = h.shape[-1] // 2
         sorted_out = gmm(F.silu(h[:, :inter]) * h[:, inter:], down, g.ends)
         position = (
@@ -105,6 +105,17 @@ def grouped_experts(
         y = y + torch.where(valid[:, j, None], slot_out[j], 0.0)
     mass = (weights.float() * valid).sum(-1)
     return y, mass
+
+
+def _gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x[rows]`` plus one zero row at the end (past every group, so never multiplied).
+
+    The extra row keeps every ``[P, ...]`` tensor non-empty: with no rows at all, Inductor's
+    CUDA launcher of a 2D-tiled gather feeding ``torch._grouped_mm`` divides by zero
+    (torch 2.11). The padding is fused into the gather; nothing is copied.
+    """
+    padded = F.pad(x, (0, 0, 0, 1))
+    return padded[torch.cat([rows, rows.new_full((1,), x.shape[0])])]
 
 
 def _grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
