@@ -172,19 +172,21 @@ def check_experts_impl(impl: str, device: torch.device | str, dtype: torch.dtype
     if impl not in EXPERTS_IMPLS:
         raise ValueError(f"compile_ops.moe: experts_impl={impl!r} is not one of {EXPERTS_IMPLS}")
     if impl == "auto":
-        return resolve_experts_impl(device, dtype)
-    if impl == "triton" and (device.type != "cuda" or not _triton_available()):
+        impl = resolve_experts_impl(device, dtype)
+    elif impl == "triton" and (device.type != "cuda" or not _triton_available()):
         raise ValueError(
             f"compile_ops.moe: experts_impl='triton' needs a CUDA device and triton; the "
             f"weights are on {device}"
         )
-    if impl == "grouped_mm" and (
+    elif impl == "grouped_mm" and (
         dtype != torch.bfloat16 or device.type not in ("cuda", "cpu") or not _has_grouped_mm()
     ):
         raise ValueError(
             "compile_ops.moe: experts_impl='grouped_mm' needs bfloat16 weights on CUDA or the "
             f"CPU (torch._grouped_mm); the weights are {dtype} on {device}"
         )
+    if impl == "triton":
+        from . import triton_grouped_gemm  # noqa: F401  (defines the ops before any trace)
     return impl
 
 

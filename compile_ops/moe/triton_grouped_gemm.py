@@ -9,8 +9,9 @@ For sorted position ``p`` in expert ``e``'s group ``[ends[e-1], ends[e])``:
   applied in the epilogue and the row stored at its pair's place, so the per-row sum that
   follows reads pairs in token order.
 
-The grid is the worst case for ``P`` rows: ``cdiv(P, BLOCK_M) + E`` row tiles (each expert's
-last tile may be partial) times the column tiles. Each program finds its expert and rows from
+Each launch's grid is the worst case for ``P`` rows: ``cdiv(P, BLOCK_M) + E`` row tiles (each
+expert's last tile may be partial) times the column tiles (two launches per kernel in 16-bit,
+one per tile size, see ``CONFIGS``). Each program finds its expert and rows from
 ``ends`` on the device; programs past the last real tile return at once. Nothing is read back to
 the host and the launch depends on shapes alone, so the same launch serves a captured graph
 whatever the routing. Rows past ``ends[-1]`` are neither read nor written.
