@@ -5,6 +5,7 @@ with token movement by an all2all manager, and an explicit contract on who reduc
 from .block import MoEBlock, ShardedMoEBlock, mark_token_dim
 from .config import MoEConfig
 from .contract import ReduceContractError
+from .experts import EXPERTS_IMPLS, resolve_experts_impl
 from .layout import Layout
 from .managers import (
     MANAGERS,
@@ -19,6 +20,7 @@ from .model import ModelWeights, MoEDecoderLayer, MoEModel, reference_model, sha
 from .weights import MoEWeights
 
 __all__ = [
+    "EXPERTS_IMPLS",
     "MANAGERS",
     "AgRsManager",
     "All2AllManager",
@@ -37,5 +39,6 @@ __all__ = [
     "make_manager",
     "mark_token_dim",
     "reference_model",
+    "resolve_experts_impl",
     "sharded_model",
 ]

@@ -9,6 +9,7 @@ import torch
 from . import compute
 from .config import MoEConfig
 from .contract import describe, strip_and_verify, with_mass_column
+from .experts import check_experts_impl
 from .layout import Layout
 from .managers import All2AllManager, make_manager
 from .weights import MoEWeights
@@ -40,10 +41,9 @@ class _WeightsModule(torch.nn.Module):
                 f"compile_ops.moe: x has shape {tuple(x.shape)} but the block takes "
                 f"[tokens, hidden={hidden}]"
             )
-        if x.dtype != self.router.dtype:
+        if x.dtype != self.down.dtype:
             raise ValueError(
-                f"compile_ops.moe: x.dtype={x.dtype} but the block's weights are "
-                f"{self.router.dtype}"
+                f"compile_ops.moe: x.dtype={x.dtype} but the block's weights are {self.down.dtype}"
             )
 
 
@@ -58,7 +58,7 @@ class MoEBlock(_WeightsModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        topk_weights, topk_ids = compute.route(x, self.router, self.config)
+        topk_weights, topk_ids = compute.route(x, self.router, self.config, self.router_bias)
         out = compute.reference_experts(x, topk_ids, topk_weights, self).to(x.dtype)
         shared = compute.shared_expert(x, self)
         return out if shared is None else out + shared
@@ -72,6 +72,9 @@ class ShardedMoEBlock(_WeightsModule):
     ``output_is_reduced``, else here. ``debug=True`` checks that at run time (see contract.py).
     The router and the shared expert are whole on every rank; the shared expert runs on this
     rank's own tokens and needs no communication.
+
+    ``experts_impl`` picks the grouped expert compute (experts.py): "triton", "grouped_mm",
+    "portable", or "auto" (by device and dtype); ``self.experts_impl`` is the resolved name.
     """
 
     def __init__(
@@ -81,10 +84,12 @@ class ShardedMoEBlock(_WeightsModule):
         layout: Layout,
         manager: str | All2AllManager = "agrs",
         debug: bool = False,
+        experts_impl: str = "auto",
     ) -> None:
         super().__init__()
         shard = weights.shard(config, layout)
-        device = weights.router.device
+        device = weights.down.device
+        self.experts_impl = check_experts_impl(experts_impl, device, weights.down.dtype)
         if isinstance(manager, str):
             manager = make_manager(manager, layout, config.experts, device)
         elif manager.layout != layout:
@@ -107,16 +112,24 @@ class ShardedMoEBlock(_WeightsModule):
             ("shared_gate", shard.shared_gate),
             ("shared_up", shard.shared_up),
             ("shared_down", shard.shared_down),
+            ("shared_expert_gate", shard.shared_expert_gate),
+            ("router_bias", shard.router_bias),
         ):
             self.register_buffer(name, t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         manager = self.manager
-        topk_weights, topk_ids = compute.route(x, self.router, self.config)
+        topk_weights, topk_ids = compute.route(x, self.router, self.config, self.router_bias)
         d = manager.dispatch(x, topk_ids, topk_weights)
         y, mass = compute.local_experts(
-            d.x, d.topk_ids, d.topk_weights, self.expert_ids, self.gate_up, self.down
+            d.x,
+            d.topk_ids,
+            d.topk_weights,
+            self.expert_ids,
+            self.gate_up,
+            self.down,
+            self.experts_impl,
         )
         if self.debug:
             y = with_mass_column(y, mass, 1.0 / self.layout.tp_size)

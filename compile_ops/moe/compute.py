@@ -5,21 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import MoEConfig
+from .experts import grouped_experts, resolve_experts_impl
+from .routing import route
 
-
-def route(x: torch.Tensor, router: torch.Tensor, config: MoEConfig):
-    """``(weights [T, k] float32, expert ids [T, k] int64)`` for tokens ``x`` ``[T, H]``.
-
-    Scores are computed in float32 whatever the model dtype, so every rank (and the single-device
-    reference) picks the same experts for the same token.
-    """
-    logits = F.linear(x.float(), router.float())
-    scores = logits.softmax(-1) if config.scoring == "softmax" else logits.sigmoid()
-    weights, ids = torch.topk(scores, config.top_k, dim=-1)
-    if config.renormalize:
-        weights = weights / weights.sum(-1, keepdim=True)
-    return weights, ids
+__all__ = [
+    "local_experts",
+    "pack_local_experts",
+    "reference_experts",
+    "route",
+    "shared_expert",
+    "swiglu",
+]
 
 
 def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
@@ -28,11 +24,10 @@ def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Te
 
 
 def pack_local_experts(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
-    """``gate``/``up`` ``[El, I, H]`` and ``down`` ``[El, H, I]`` as the two matrices that
-    :func:`local_experts` multiplies by: ``[El * 2I, H]`` and ``[H, El * I]``."""
-    n_local, inter, hidden = gate.shape
-    gate_up = torch.cat([gate, up], dim=1).reshape(n_local * 2 * inter, hidden)
-    return gate_up.contiguous(), down.permute(1, 0, 2).reshape(hidden, n_local * inter).contiguous()
+    """``gate``/``up`` ``[El, I, H]`` and ``down`` ``[El, H, I]`` as :func:`local_experts` takes
+    them: ``gate_up`` ``[El, 2I, H]`` (gate rows, then up rows: transformers' fused layout) and
+    ``down`` ``[El, H, I]``, contiguous."""
+    return torch.cat([gate, up], dim=1).contiguous(), down.contiguous()
 
 
 def local_experts(
@@ -42,23 +37,22 @@ def local_experts(
     expert_ids: torch.Tensor,
     gate_up: torch.Tensor,
     down: torch.Tensor,
+    impl: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of ``sum_k weights[:, k] * expert[ids[:, k]](x)``, in float32.
 
-    ``expert_ids`` ``[El]`` are the global ids of the experts packed in ``gate_up``/``down`` by
-    :func:`pack_local_experts` (whole experts or TP slices). Routes to experts held elsewhere
-    contribute nothing. Every row runs through every local expert and its routing weight (zero
-    where not routed) scales the result: three matrix products, no data-dependent shapes, so one
-    compiled graph serves any routing and any row count. Also returns the routing mass this rank
-    covered per row, ``[R]`` (the debug check of the reduce contract sums it).
+    ``expert_ids`` ``[El]`` are the consecutive global ids of the experts packed in
+    ``gate_up``/``down`` by :func:`pack_local_experts` (whole experts or TP slices). Routes to
+    experts held elsewhere, and padding rows (any id outside ``expert_ids``), contribute
+    nothing. Only the routed (row, local expert) pairs are computed, grouped on the device
+    (experts.py), so one compiled graph serves any routing and any row count. Also returns the
+    routing mass this rank covered per row, ``[R]`` (the debug check of the reduce contract
+    sums it). ``impl``: one of ``experts.EXPERTS_IMPLS`` but "auto", resolved; None: resolved
+    here from the weights' device and dtype.
     """
-    routed = ids.unsqueeze(-1) == expert_ids  # [R, k, El]
-    coef = (weights.unsqueeze(-1) * routed).sum(1)  # [R, El]
-    n_local = expert_ids.shape[0]
-    h = F.linear(x, gate_up).view(x.shape[0], n_local, 2, -1)  # [R, El, 2, I]
-    a = F.silu(h[:, :, 0]) * h[:, :, 1] * coef.unsqueeze(-1).to(x.dtype)  # [R, El, I]
-    y = F.linear(a.reshape(x.shape[0], -1), down)
-    return y.float(), coef.sum(-1)
+    if impl is None:
+        impl = resolve_experts_impl(gate_up.device, gate_up.dtype)
+    return grouped_experts(x, ids, weights, expert_ids, gate_up, down, impl)
 
 
 def reference_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w) -> torch.Tensor:
@@ -73,6 +67,11 @@ def reference_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
 
 
 def shared_expert(x: torch.Tensor, w) -> torch.Tensor | None:
+    """The shared expert on every token, scaled by ``sigmoid(x @ shared_expert_gate.T)`` where
+    the block has that gate (Qwen2-MoE); None without a shared expert."""
     if w.shared_gate is None:
         return None
-    return swiglu(x, w.shared_gate, w.shared_up, w.shared_down)
+    y = swiglu(x, w.shared_gate, w.shared_up, w.shared_down)
+    if w.shared_expert_gate is not None:
+        y = torch.sigmoid(F.linear(x, w.shared_expert_gate)) * y
+    return y

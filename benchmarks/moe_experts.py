@@ -1,0 +1,340 @@
+"""Grouped expert compute on one GPU: ``ShardedMoEBlock`` (world 1, every expert local, agrs
+manager) for each ``experts_impl``, against a plain sort + ``torch._grouped_mm`` reference and
+``transformers``' ``MixtralSparseMoeBlock`` with its ``grouped_mm`` experts, all compiled
+(``fullgraph=True``) and timed in the same run (CUDA events, median, L2 flushed).
+
+    python3 benchmarks/moe_experts.py                  # three shapes x 16 / 512 / 4096 tokens
+    python3 benchmarks/moe_experts.py --sweep          # Triton tile sweep first; table with winners
+    python3 benchmarks/moe_experts.py --quick          # one small shape (a smoke run)
+
+Routing is Mixtral's (softmax, top-k, renormalised) for every shape, bfloat16. "Useful" counts
+only routed work: ``2 * T * k * 3 * H * I`` flops. Activation memory is the peak allocated during
+one call minus what was allocated before it (weights, input), against the bound
+``T * k * (2I + H) * 2`` bytes. Each output is checked against the reference's (relative error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from compile_ops.moe import (
+    EXPERTS_IMPLS,
+    Layout,
+    MoEConfig,
+    MoEWeights,
+    ShardedMoEBlock,
+    compute,
+    mark_token_dim,
+)
+
+SHAPES = {  # hidden, intermediate, experts, top-k
+    "Mixtral-8x7B": (4096, 14336, 8, 2),
+    "Qwen1.5-MoE-A2.7B": (2048, 1408, 60, 4),
+    "DeepSeek-V2-Lite": (2048, 1408, 64, 6),
+}
+QUICK = {"small": (1024, 768, 16, 4)}
+TOKENS = (16, 512, 4096)
+IMPLS = [i for i in EXPERTS_IMPLS if i != "auto"]
+
+
+def random_weights(config: MoEConfig, device, dtype=torch.bfloat16) -> MoEWeights:
+    """Drawn on the device (the CPU generator is too slow for billions of elements)."""
+    g = torch.Generator(device).manual_seed(0)
+    h, i, e = config.hidden, config.intermediate, config.experts
+
+    def randn(*shape, fan_in):
+        return (torch.randn(shape, generator=g, device=device) / fan_in**0.5).to(dtype)
+
+    return MoEWeights(
+        router=randn(e, h, fan_in=h),
+        gate=randn(e, i, h, fan_in=h),
+        up=randn(e, i, h, fan_in=h),
+        down=randn(e, h, i, fan_in=i),
+    )
+
+
+class SortGroupedMM(torch.nn.Module):
+    """The reference: route, stable sort of the (token, expert) pairs, ``torch._grouped_mm``
+    for gate_up and down, weighted ``index_add`` in float32."""
+
+    def __init__(self, config: MoEConfig, w: MoEWeights, gate_up: torch.Tensor) -> None:
+        super().__init__()
+        self.config, self.router, self.gate_up, self.down = config, w.router, gate_up, w.down
+
+    def forward(self, x):
+        c = self.config
+        weights, ids = compute.route(x, self.router, c)
+        sorted_ids, order = torch.sort(ids.reshape(-1), stable=True)
+        counts = torch.histc(sorted_ids.float(), bins=c.experts, min=0, max=c.experts - 1)
+        offs = torch.cumsum(counts, 0).to(torch.int32)
+        token = order // c.top_k
+        h = torch._grouped_mm(x[token], self.gate_up.transpose(1, 2), offs=offs)
+        a = F.silu(h[:, : c.intermediate]) * h[:, c.intermediate :]
+        y = torch._grouped_mm(a, self.down.transpose(1, 2), offs=offs)
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        out.index_add_(0, token, y.float() * weights.reshape(-1)[order].unsqueeze(-1))
+        return out.to(x.dtype)
+
+
+class ExpertStage(torch.nn.Module):
+    """Routing and the grouped experts of a block, without its manager: the same work as the
+    reference, to tell the expert compute from the block's token movement."""
+
+    def __init__(self, block: ShardedMoEBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        b = self.block
+        weights, ids = compute.route(x, b.router, b.config)
+        y, _ = compute.local_experts(
+            x, ids, weights, b.expert_ids, b.gate_up, b.down, b.experts_impl
+        )
+        return y.to(x.dtype)
+
+
+def transformers_block(config: MoEConfig, w: MoEWeights, gate_up: torch.Tensor):
+    """transformers' Mixtral block with the same weights and its grouped_mm experts."""
+    import transformers
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    hf = transformers.MixtralConfig(
+        hidden_size=config.hidden,
+        intermediate_size=config.intermediate,
+        num_local_experts=config.experts,
+        num_experts_per_tok=config.top_k,
+        num_attention_heads=32,
+    )
+    hf._experts_implementation = "grouped_mm"
+    with torch.device("meta"):
+        block = MixtralSparseMoeBlock(hf)
+    block.gate.weight = torch.nn.Parameter(w.router, requires_grad=False)
+    block.experts.gate_up_proj = torch.nn.Parameter(gate_up, requires_grad=False)
+    block.experts.down_proj = torch.nn.Parameter(w.down, requires_grad=False)
+    block.experts.config = hf
+    return block.eval()
+
+
+def bench(fn, x, device) -> float:
+    """Median milliseconds of ``fn(x)``."""
+    if device.type == "cuda":
+        import triton
+
+        return triton.testing.do_bench(lambda: fn(x), warmup=25, rep=100, return_mode="median")
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def activation_bytes(fn, x, device) -> int:
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn(x)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del out
+    return peak
+
+
+def candidates(config, w, device, impls):
+    """name -> (compiled callable taking x [T, H]); failures are reported, not fatal."""
+    gate_up = torch.cat([w.gate, w.up], dim=1)
+    out = {}
+    for impl in impls:
+        block = ShardedMoEBlock(config, w, Layout.ep(None), "agrs", experts_impl=impl)
+        compiled = torch.compile(block, fullgraph=True)
+        out[f"block[{impl}]"] = lambda x, f=compiled: f(mark_token_dim(x))
+        stage = torch.compile(ExpertStage(block), fullgraph=True)
+        out[f"experts[{impl}]"] = lambda x, f=stage: f(mark_token_dim(x))
+    reference = torch.compile(SortGroupedMM(config, w, gate_up), fullgraph=True)
+    out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x, 0))
+    try:
+        hf = torch.compile(transformers_block(config, w, gate_up), fullgraph=True)
+        out["transformers"] = lambda x: hf(_dynamic(x.unsqueeze(0), 1)).squeeze(0)
+    except Exception as e:  # transformers missing or too old: say so in the table
+        print(f"transformers block unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    return out
+
+
+def _dynamic(x, dim):
+    torch._dynamo.mark_dynamic(x, dim)
+    return x
+
+
+def profile(fns: dict, x, where: str, out_path: str) -> None:
+    """The device kernels of each candidate over 5 calls (after the timed ones), appended to
+    ``out_path``: where the time of a block goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with open(out_path, "a") as f:
+        for label, fn in fns.items():
+            with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    fn(x)
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=14)
+            f.write(f"\n=== {where} {label} (5 calls)\n{table}\n")
+
+
+def measure_shape(name, shape, tokens_list, device, impls, profile_at=(), profile_out=None):
+    hidden, inter, experts, k = shape
+    config = MoEConfig(hidden=hidden, intermediate=inter, experts=experts, top_k=k)
+    w = random_weights(config, device)
+    fns = candidates(config, w, device, impls)
+    rows = []
+    for tokens in tokens_list:
+        x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
+        flops = 2 * tokens * k * 3 * hidden * inter
+        bound = tokens * k * (2 * inter + hidden) * 2
+        want = fns["sort+_grouped_mm"](x.clone()).float()
+        for label, fn in fns.items():
+            row = {"shape": name, "tokens": tokens, "impl": label}
+            try:
+                with torch._dynamo.config.patch(capture_scalar_outputs=True):
+                    out = fn(x.clone())
+                    row["rel_err"] = ((out.float() - want).norm() / want.norm()).item()
+                    row["ms"] = bench(fn, x, device)
+                    row["act_bytes"] = activation_bytes(fn, x, device)
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            if "ms" in row:
+                row["tflops"] = flops / row["ms"] / 1e9
+                row["act_ratio"] = row["act_bytes"] / bound
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if f"{name}:{tokens}" in profile_at and profile_out:
+            with torch._dynamo.config.patch(capture_scalar_outputs=True):
+                profile(fns, x, f"{name} {tokens} tokens", profile_out)
+    del fns, w
+    torch._dynamo.reset()
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    by = {(r["shape"], r["tokens"], r["impl"]): r.get("ms") for r in rows}
+    for r in rows:
+        ref = by.get((r["shape"], r["tokens"], "sort+_grouped_mm"))
+        hf = by.get((r["shape"], r["tokens"], "transformers"))
+        if r.get("ms") and ref:
+            r["vs_ref"] = r["ms"] / ref
+        if r.get("ms") and hf:
+            r["vs_hf"] = r["ms"] / hf
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| shape (H, I, E, k) | tokens | impl | ms | useful TFLOP/s | vs sort+_grouped_mm "
+        "| vs transformers | activation MB (x bound) | rel. err |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['tokens']} | {r['impl']} | {r['error']} |||||||")
+            continue
+        lines.append(
+            f"| {r['shape']} | {r['tokens']} | {r['impl']} | {r['ms']:.3f} | {r['tflops']:.0f} "
+            f"| {_fmt(r, 'vs_ref')} | {_fmt(r, 'vs_hf')} "
+            f"| {r['act_bytes'] / 2**20:.0f} ({r['act_ratio']:.2f}) | {r['rel_err']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
+
+
+def matmul_ceiling(device) -> float:
+    """bf16 TFLOP/s of one 8192^3 product on random data (the roof the useful rate is read
+    against)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    return 2 * 8192**3 / bench(lambda _: a @ b, None, device) / 1e9
+
+
+def environment(device) -> dict:
+    import triton
+
+    env = {"torch": torch.__version__, "triton": triton.__version__}
+    try:
+        import transformers
+
+        env["transformers"] = transformers.__version__
+    except ImportError:
+        env["transformers"] = None
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["bf16_matmul_tflops"] = round(matmul_ceiling(device))
+        env["auto"] = {
+            str(dt): compute.resolve_experts_impl(device, dt)
+            for dt in (torch.bfloat16, torch.float32)
+        }
+    return env
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small shape")
+    parser.add_argument("--sweep", action="store_true", help="tune the Triton tiles first")
+    parser.add_argument("--impls", default=",".join(IMPLS), help="experts_impl values to time")
+    parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts")
+    parser.add_argument("--json", help="write the rows (and the environment) here")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="SHAPE:TOKENS,... to profile (kernel tables appended to --profile-out)",
+    )
+    parser.add_argument("--profile-out", default="moe_experts_profile.txt")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = QUICK if args.quick else SHAPES
+    impls = [i for i in args.impls.split(",") if i]
+    tokens = [int(t) for t in args.tokens.split(",")]
+    if device.type != "cuda":
+        impls = [i for i in impls if i != "triton"]
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1
+    )
+    env = environment(device)
+    print(json.dumps(env), flush=True)
+    sweep = None
+    if args.sweep and "triton" in impls:
+        from moe_experts_sweep import apply_best, sweep_configs
+
+        sweep = sweep_configs(shapes, tokens, device)
+        env["triton_configs"] = apply_best(sweep)
+        print(json.dumps({"chosen": env["triton_configs"]}), flush=True)
+    rows = []
+    for name, shape in shapes.items():
+        rows += measure_shape(
+            name, shape, tokens, device, impls, args.profile.split(","), args.profile_out
+        )
+    add_ratios(rows)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rows": rows, "sweep": sweep}, f, indent=1)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    torch.set_float32_matmul_precision("highest")
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Which experts a token goes to, and with what weight: the routing of the supported families.
+
+| family | scores | choice | weights |
+| --- | --- | --- | --- |
+| Mixtral | softmax | top-k | renormalised |
+| Qwen2-MoE, Qwen3-MoE | softmax | top-k | optionally renormalised |
+| DeepSeek-V2 | softmax | top-k, optionally within the best groups (group score: max) | x routed scale |
+| DeepSeek-V3 | sigmoid | top-k of score + bias within the best groups (score: sum of top 2) | score, renormalised, x routed scale |
+
+Everything is computed in float32 whatever the model dtype, so every rank (and the single-device
+reference) picks the same experts for the same token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import MoEConfig
+
+
+def route(
+    x: torch.Tensor,
+    router: torch.Tensor,
+    config: MoEConfig,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weights [T, k] float32, expert ids [T, k] int64)`` for tokens ``x`` ``[T, H]``.
+
+    ``router`` is ``[E, H]``; ``bias`` ``[E]`` (DeepSeek-V3's score correction) shifts the
+    scores used to choose experts, not the weights.
+    """
+    logits = F.linear(x.float(), router.float())
+    scores = logits.softmax(-1) if config.scoring == "softmax" else logits.sigmoid()
+    choice = scores if bias is None else scores + bias.float()
+    if config.topk_groups < config.expert_groups:
+        choice = _mask_to_best_groups(choice, config)
+    ids = torch.topk(choice, config.top_k, dim=-1).indices
+    weights = scores.gather(1, ids)
+    if config.renormalize:
+        # The epsilon (DeepSeek-V3's) is far below float32 resolution for any real sum.
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    if config.routed_scaling != 1.0:
+        weights = weights * config.routed_scaling
+    return weights, ids
+
+
+def _mask_to_best_groups(choice: torch.Tensor, config: MoEConfig) -> torch.Tensor:
+    """``choice`` with every expert outside the token's ``topk_groups`` best groups at -inf."""
+    # Explicit sizes: a -1 would make the compiler assume at least one token.
+    tokens, groups, experts = choice.shape[0], config.expert_groups, config.experts
+    grouped = choice.view(tokens, groups, experts // groups)
+    if config.group_score == "max":
+        group_scores = grouped.amax(-1)
+    else:
+        group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+    best = torch.topk(group_scores, config.topk_groups, dim=-1).indices
+    keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best, True)
+    return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(tokens, experts)

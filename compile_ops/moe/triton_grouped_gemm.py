@@ -1,0 +1,265 @@
+"""Triton grouped GEMMs of the MoE experts, on pairs sorted by expert (see experts.py).
+
+For sorted position ``p`` in expert ``e``'s group ``[ends[e-1], ends[e])``:
+
+* ``gate_up_silu``: ``act[p] = silu(x[rows[p]] @ gate[e].T) * (x[rows[p]] @ up[e].T)`` — the
+  rows are gathered in the prologue, the gate and up tiles share them, and SiLU-and-multiply
+  runs on the float32 accumulators: neither the gathered rows nor ``[P, 2I]`` ever exist.
+* ``down_scatter``: ``out[dest[p]] = scale[p] * (act[p] @ down[e].T)`` — the routing weight is
+  applied in the epilogue and the row stored at its pair's place, so the per-row sum that
+  follows reads pairs in token order.
+
+Each launch's grid is the worst case for ``P`` rows: ``cdiv(P, BLOCK_M) + E`` row tiles (each
+expert's last tile may be partial) times the column tiles (two launches per kernel in 16-bit,
+one per tile size, see ``CONFIGS``). Each program finds its expert and rows from
+``ends`` on the device; programs past the last real tile return at once. Nothing is read back to
+the host and the launch depends on shapes alone, so the same launch serves a captured graph
+whatever the routing. Rows past ``ends[-1]`` are neither read nor written.
+
+Registered with ``torch.library.triton_op``: Dynamo and Inductor see the kernels (no graph
+break, unbacked row counts welcome); the fake is the same function run on fake tensors.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+
+class TileConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+
+# Two tiles per kernel, chosen by a sweep on an H200 (bfloat16; benchmarks/moe_experts.py
+# --sweep, docs/moe.md): 64-row tiles where experts get few rows (decode: the weights stream
+# once and little of a tile is wasted), 128-row tiles where they get many (prefill: each weight
+# tile is reused by twice the rows). The row count is data, unbacked when compiled, so both are
+# launched: each program first reads the routed row count on the device and returns at once
+# unless its tile is the one for that count. No host read; a captured graph keeps both launches.
+LARGE_FROM_ROWS_PER_EXPERT = 96
+CONFIGS: dict[tuple[str, int], tuple[TileConfig, ...]] = {
+    ("gate_up", 2): (TileConfig(64, 128, 64, 8, 4, 4), TileConfig(128, 128, 64, 8, 8, 3)),
+    ("down", 2): (TileConfig(64, 128, 64, 8, 4, 4), TileConfig(128, 256, 64, 8, 8, 3)),
+    # float32 (exact products, no TF32): one tile for every count; not tuned.
+    ("gate_up", 4): (TileConfig(64, 64, 32, 8, 4, 3),),
+    ("down", 4): (TileConfig(64, 64, 32, 8, 4, 3),),
+}
+
+
+def tile_configs(kernel: str, dtype: torch.dtype) -> tuple[TileConfig, ...]:
+    """(few rows per expert, many rows per expert) tiles, or one tile for every count."""
+    return CONFIGS[(kernel, 4 if dtype == torch.float32 else 2)]
+
+
+@triton.jit
+def _not_my_regime(
+    ends_ptr, N_EXPERTS: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr
+):
+    """Whether this launch's tile is not the one for the routed row count (REGIME 0: one tile
+    for every count; 1: few rows per expert; 2: at least LARGE_FROM per expert)."""
+    if REGIME == 0:
+        return False
+    else:
+        large = tl.load(ends_ptr + N_EXPERTS - 1) >= LARGE_FROM * N_EXPERTS
+        if REGIME == 1:
+            return large
+        else:
+            return large == 0
+
+
+@triton.jit
+def _program_tile(num_m, num_n, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of this program; GROUP_M row tiles share each column sweep."""
+    pid = tl.program_id(0)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
+
+
+@triton.jit
+def _expert_rows(
+    ends_ptr, pid_m, N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, BLOCK_M: tl.constexpr
+):
+    """(expert, first row, row end) of row tile ``pid_m``; expert >= N_EXPERTS past the last."""
+    e = tl.arange(0, EXPERTS_POW2)
+    real = e < N_EXPERTS
+    end = tl.load(ends_ptr + e, mask=real, other=0)
+    start = tl.load(ends_ptr + e - 1, mask=real & (e > 0), other=0)
+    tiles = tl.where(real, (end - start + BLOCK_M - 1) // BLOCK_M, 0)
+    tile_end = tl.cumsum(tiles, 0)
+    expert = tl.sum((tile_end <= pid_m).to(tl.int32), 0)
+    mine = e == expert
+    first_tile = tl.sum(tl.where(mine, tile_end - tiles, 0), 0)
+    row0 = tl.sum(tl.where(mine, start, 0), 0) + (pid_m - first_tile) * BLOCK_M
+    return expert, row0, tl.sum(tl.where(mine, end, 0), 0)
+
+
+@triton.jit
+def _load(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
+    """A tile, masked only along the dimensions that may run past the end."""
+    if EVEN_ROWS and EVEN_COLS:
+        return tl.load(ptrs)
+    elif EVEN_ROWS:
+        return tl.load(ptrs, mask=cols_ok[None, :], other=0.0)
+    elif EVEN_COLS:
+        return tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
+    else:
+        return tl.load(ptrs, mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _dot(a, b, acc):
+    # float32 stays float32, as F.linear computes it (Triton's default would be TF32).
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _gate_up_silu_kernel(
+    x_ptr, rows_ptr, w_ptr, ends_ptr, out_ptr,
+    num_m, N, K, stride_x, stride_we, stride_wn, stride_out,
+    N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr,
+):  # fmt: skip
+    if _not_my_regime(ends_ptr, N_EXPERTS, REGIME, LARGE_FROM):
+        return
+    pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    if expert >= N_EXPERTS:
+        return
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    in_rows = offs_m < row_end
+    token = tl.load(rows_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_cols = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + token[:, None] * stride_x + offs_k[None, :]
+    g_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
+    u_ptrs = g_ptrs + N * stride_wn
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_in = offs_k < K - k0
+        a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
+        g = _load(g_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
+        u = _load(u_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
+        acc_g = _dot(a, g, acc_g)
+        acc_u = _dot(a, u, acc_u)
+        a_ptrs += BLOCK_K
+        g_ptrs += BLOCK_K
+        u_ptrs += BLOCK_K
+    act = acc_g * tl.sigmoid(acc_g) * acc_u
+    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_out + offs_n[None, :]
+    tl.store(out_ptrs, act.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :])
+
+
+@triton.jit
+def _down_scatter_kernel(
+    a_ptr, w_ptr, ends_ptr, dest_ptr, scale_ptr, out_ptr,
+    num_m, N, K, stride_a, stride_we, stride_wn, stride_out,
+    N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr,
+):  # fmt: skip
+    if _not_my_regime(ends_ptr, N_EXPERTS, REGIME, LARGE_FROM):
+        return
+    pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    if expert >= N_EXPERTS:
+        return
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    in_rows = offs_m < row_end
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_cols = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_a + offs_k[None, :]
+    b_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_in = offs_k < K - k0
+        a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
+        b = _load(b_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
+        acc = _dot(a, b, acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    scale = tl.load(scale_ptr + offs_m, mask=in_rows, other=0.0)
+    dest = tl.load(dest_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
+    acc = acc * scale[:, None]
+    out_ptrs = out_ptr + dest[:, None] * stride_out + offs_n[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :])
+
+
+def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int):
+    """(grid, worst-case row tiles, compile-time arguments) of each launch of ``kernel``."""
+    configs = tile_configs(kernel, dtype)
+    for regime, cfg in enumerate(configs, start=int(len(configs) > 1)):
+        num_m = triton.cdiv(pairs, cfg.block_m) + n_experts
+        meta = {
+            "N_EXPERTS": n_experts,
+            "EXPERTS_POW2": triton.next_power_of_2(n_experts),
+            "BLOCK_M": cfg.block_m,
+            "BLOCK_N": cfg.block_n,
+            "BLOCK_K": cfg.block_k,
+            "GROUP_M": cfg.group_m,
+            "EVEN_K": k % cfg.block_k == 0,
+            "EVEN_N": n % cfg.block_n == 0,
+            "REGIME": regime,
+            "LARGE_FROM": LARGE_FROM_ROWS_PER_EXPERT,
+            "num_warps": cfg.num_warps,
+            "num_stages": cfg.num_stages,
+        }
+        yield (num_m * triton.cdiv(n, cfg.block_n),), num_m, meta
+
+
+@triton_op("compile_ops_moe::gate_up_silu", mutates_args=())
+def gate_up_silu(
+    x: torch.Tensor, rows: torch.Tensor, gate_up: torch.Tensor, ends: torch.Tensor
+) -> torch.Tensor:
+    """``[P, I]``: ``silu(x[rows] @ gate.T) * (x[rows] @ up.T)`` per expert group (rows past
+    ``ends[-1]`` unwritten). ``x`` ``[R, H]``, ``rows`` ``[P]``, ``gate_up`` ``[E, 2I, H]``."""
+    x, gate_up = x.contiguous(), gate_up.contiguous()
+    n_experts, two_i, hidden = gate_up.shape
+    inter = two_i // 2
+    out = x.new_empty((rows.shape[0], inter))
+    for grid, num_m, meta in _launches("gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden):
+        wrap_triton(_gate_up_silu_kernel)[grid](
+            x, rows, gate_up, ends, out,
+            num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
+            **meta,
+        )  # fmt: skip
+    return out
+
+
+@triton_op("compile_ops_moe::down_scatter", mutates_args=())
+def down_scatter(
+    act: torch.Tensor,
+    down: torch.Tensor,
+    ends: torch.Tensor,
+    dest: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """``[P, H]``: row ``dest[p]`` is ``scale[p] * act[p] @ down[e].T`` for sorted position
+    ``p`` of expert ``e`` (rows no position maps to are unwritten). ``down`` ``[E, H, I]``."""
+    act, down = act.contiguous(), down.contiguous()
+    n_experts, hidden, inter = down.shape
+    out = act.new_empty((act.shape[0], hidden))
+    for grid, num_m, meta in _launches("down", act.dtype, act.shape[0], n_experts, hidden, inter):
+        wrap_triton(_down_scatter_kernel)[grid](
+            act, down, ends, dest, scale, out,
+            num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
+            **meta,
+        )  # fmt: skip
+    return out

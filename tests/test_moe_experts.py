@@ -1,0 +1,241 @@
+"""Grouped expert compute: every experts_impl against the expert-by-expert reference, only the
+routed pairs computed, padding rows contributing nothing, one compiled graph for every row
+count, and the choice of implementation. GPU tests (Triton, torch._grouped_mm, a captured
+graph) skip without a GPU."""
+
+import pytest
+import torch
+from conftest import requires_gpu
+from moe_experts_workers import run_sharded_vs_reference
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from compile_ops.moe import MoEConfig, MoEWeights, compute, mark_token_dim, resolve_experts_impl
+from compile_ops.moe.experts import check_experts_impl, grouped_experts
+
+CONFIG = MoEConfig(hidden=32, intermediate=48, experts=8, top_k=2)
+TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 5e-2}}
+CPU_IMPLS = [
+    pytest.param("portable", torch.float32, id="portable-fp32"),
+    pytest.param("portable", torch.bfloat16, id="portable-bf16"),
+    pytest.param("grouped_mm", torch.bfloat16, id="grouped_mm-bf16"),
+]
+GPU_IMPLS = [
+    pytest.param("triton", torch.float32, id="triton-fp32"),
+    pytest.param("triton", torch.bfloat16, id="triton-bf16"),
+    pytest.param("grouped_mm", torch.bfloat16, id="grouped_mm-bf16"),
+    pytest.param("portable", torch.bfloat16, id="portable-bf16"),
+]
+# (rows, first local expert, local experts, padding rows): every expert local; an EP slice; no
+# rows; padding rows (id -1 or past the last expert, weight 0, NaN activations); 100 rows per
+# expert (the Triton kernels' tile for many rows).
+CASES = [(37, 0, 8, 0), (37, 2, 4, 0), (0, 0, 8, 0), (23, 4, 4, 5), (400, 0, 8, 0)]
+
+
+def _case(config, rows, first, n_local, padding, dtype, device="cpu", seed=0):
+    """(local_experts arguments, reference output, reference mass) for experts
+    ``[first, first + n_local)``; ``seed`` draws the inputs (the weights are always the same)."""
+    w = MoEWeights.random(config, 0, dtype, device)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(rows, config.hidden, generator=g).to(dtype=dtype, device=device)
+    weights, ids = compute.route(x, w.router, config)
+    if padding:
+        ids[:padding] = -1
+        ids[padding - 1] = config.experts  # out of range on the other side
+        weights[:padding] = 0
+        x[:padding] = float("nan")
+    local = (ids >= first) & (ids < first + n_local)
+    want = compute.reference_experts(x, torch.where(local, ids, -1), weights, w)
+    picked = slice(first, first + n_local)
+    gate_up, down = compute.pack_local_experts(w.gate[picked], w.up[picked], w.down[picked])
+    expert_ids = torch.arange(first, first + n_local, device=device)
+    return (x, ids, weights, expert_ids, gate_up, down), want, (weights * local).sum(-1)
+
+
+def _check_impl(impl, dtype, device):
+    for rows, first, n_local, padding in CASES:
+        args, want, want_mass = _case(CONFIG, rows, first, n_local, padding, dtype, device)
+        y, mass = compute.local_experts(*args, impl)
+        assert y.dtype == torch.float32 and y.shape == (rows, CONFIG.hidden)
+        torch.testing.assert_close(y, want, **TOL[dtype], msg=f"{rows=} {first=} {n_local=}")
+        torch.testing.assert_close(mass, want_mass)
+        if padding:
+            assert torch.equal(y[:padding], torch.zeros_like(y[:padding])), "padding contributed"
+
+
+@pytest.mark.parametrize(("impl", "dtype"), CPU_IMPLS)
+def test_matches_reference(impl, dtype):
+    _check_impl(impl, dtype, "cpu")
+
+
+def _largest_intermediate(impl, dtype, n_local, rows=16):
+    config = MoEConfig(hidden=64, intermediate=32, experts=n_local, top_k=2)
+    args, _, _ = _case(config, rows, 0, n_local, 0, dtype)
+
+    def fn(*args):
+        return grouped_experts(*args, impl)
+
+    graph = make_fx(fn, tracing_mode="fake")(*args)
+    return max(
+        node.meta["val"].numel()
+        for node in graph.graph.nodes
+        if node.op == "call_function"
+        and isinstance(node.meta.get("val"), torch.Tensor)
+        and not getattr(node.target, "is_view", False)  # views allocate nothing (weights.T)
+    )
+
+
+@pytest.mark.parametrize(("impl", "dtype"), CPU_IMPLS[1:])
+def test_activation_memory_grows_with_pairs_not_local_experts(impl, dtype):
+    """No [rows, local experts, ...] intermediate: the largest one is the same for 8 and 64
+    local experts, at most (pairs + 1 padding row) x max(2I, H) elements."""
+    rows, k, two_i, hidden = 16, 2, 64, 64
+    few, many = (_largest_intermediate(impl, dtype, n) for n in (8, 64))
+    assert few == many <= (rows * k + 1) * max(two_i, hidden), (few, many)
+
+
+# DeepSeek-V3 routing (sigmoid, score bias, grouped choice, scaling): the routing that asks the
+# most of the compiler, compiled together with the experts.
+GROUPED = MoEConfig(
+    hidden=32, intermediate=48, experts=8, top_k=2, scoring="sigmoid", router_bias=True,
+    expert_groups=4, topk_groups=2, group_score="top2_sum", routed_scaling=2.5,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("impl", "dtype"), [CPU_IMPLS[0], CPU_IMPLS[2]])
+def test_compiled_one_graph_for_every_row_count(impl, dtype):
+    """Inductor (one C++ build each): routing and experts, unbacked rows, 0 to 64 of them."""
+    _check_compiled(impl, dtype, "cpu", "inductor")
+
+
+def _check_compiled(impl, dtype, device, backend):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    w = MoEWeights.random(GROUPED, 0, dtype, device)
+    gate_up, down = compute.pack_local_experts(w.gate[2:6], w.up[2:6], w.down[2:6])
+    expert_ids = torch.arange(2, 6, device=device)
+
+    def block(x):
+        weights, ids = compute.route(x, w.router, GROUPED, w.router_bias)
+        return compute.local_experts(x, ids, weights, expert_ids, gate_up, down, impl)
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(block, backend=counter, fullgraph=True)
+    for rows in (1, 9, 64, 0, 3):
+        x = torch.randn(rows, CONFIG.hidden).to(dtype=dtype, device=device)
+        got = compiled(mark_token_dim(x.clone()))
+        for out, want in zip(got, block(x), strict=True):
+            torch.testing.assert_close(out, want, **TOL[dtype], msg=f"{rows=}")
+    assert counter.frame_count == 1
+
+
+def test_portable_op_passes_opcheck():
+    a = torch.randn(10, 16)
+    b = torch.randn(3, 8, 16)
+    for ends in ([2, 2, 7], [0, 0, 0], [10, 10, 10]):
+        ends = torch.tensor(ends, dtype=torch.int32)
+        torch.library.opcheck(torch.ops.compile_ops_moe.grouped_mm, (a, b, ends))
+    out = torch.ops.compile_ops_moe.grouped_mm(a, b, torch.tensor([2, 2, 7], dtype=torch.int32))
+    torch.testing.assert_close(out[:2], a[:2] @ b[0].T)
+    torch.testing.assert_close(out[2:7], a[2:7] @ b[2].T)
+    assert torch.equal(out[7:], torch.zeros(3, 8)), "rows past the last group are zero"
+
+
+def test_auto_choice_and_bad_choices_raise():
+    assert resolve_experts_impl("cpu", torch.float32) == "portable"
+    assert resolve_experts_impl("cpu", torch.bfloat16) == "portable"
+    assert check_experts_impl("auto", "cpu", torch.bfloat16) == "portable"
+    assert check_experts_impl("grouped_mm", "cpu", torch.bfloat16) == "grouped_mm"
+    for impl, dtype, text in (
+        ("cutlass", torch.float32, "experts_impl='cutlass' is not one of"),
+        ("grouped_mm", torch.float32, "experts_impl='grouped_mm' needs bfloat16"),
+        ("triton", torch.bfloat16, "experts_impl='triton' needs a CUDA device"),
+    ):
+        with pytest.raises(ValueError, match=text):
+            check_experts_impl(impl, "cpu", dtype)
+
+
+def test_sharded_block_takes_and_shows_experts_impl(world):
+    for impl, want_impl in (("grouped_mm", "grouped_mm"), ("auto", "portable")):
+        results = world(2).run(
+            run_sharded_vs_reference, CONFIG, torch.bfloat16, [3, 0, 17], impl, None, "cpu"
+        )
+        for rank, (steps, resolved, _) in enumerate(results):
+            assert resolved == want_impl
+            for step, (out, want) in enumerate(steps):
+                torch.testing.assert_close(out, want, **TOL[torch.bfloat16], msg=f"{rank} {step}")
+
+
+# ---- GPU ------------------------------------------------------------------------------------
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
+def test_gpu_matches_reference(impl, dtype):
+    _check_impl(impl, dtype, "cuda")
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
+def test_gpu_compiled_one_graph_for_every_row_count(impl, dtype):
+    _check_compiled(impl, dtype, "cuda", "inductor")
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_triton_in_a_captured_graph(dtype):
+    """Captured once for 400 rows; replayed with other routings: 100 routed rows per expert
+    (the many-rows tile), 25 (the few-rows tile: 300 padding rows with id -1, weight 0, NaN
+    activations), none. The worst-case grid and the tile choice on the device serve them all."""
+    rows = 400
+    args, _, _ = _case(CONFIG, rows, 0, 8, 0, dtype, "cuda")
+    static = [a.clone() for a in args[:3]]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        compute.local_experts(*static, *args[3:], "triton")  # compiles the kernels
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, mass = compute.local_experts(*static, *args[3:], "triton")
+    for seed, padding in ((1, 0), (2, 300), (3, rows)):
+        new, want, want_mass = _case(CONFIG, rows, 0, 8, padding, dtype, "cuda", seed)
+        for buffer, value in zip(static, new[:3], strict=True):
+            buffer.copy_(value)
+        graph.replay()
+        torch.testing.assert_close(y, want, **TOL[dtype], msg=f"{seed=}")
+        torch.testing.assert_close(mass, want_mass)
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_gpu_triton_ops_pass_opcheck():
+    from compile_ops.moe import triton_grouped_gemm  # noqa: F401  (registers the ops)
+
+    dtype, device = torch.bfloat16, "cuda"
+    x = torch.randn(6, 64, dtype=dtype, device=device)
+    gate_up = torch.randn(3, 2 * 32, 64, dtype=dtype, device=device)
+    down = torch.randn(3, 64, 32, dtype=dtype, device=device)
+    rows = torch.tensor([5, 0, 1, 1, 3, 2, 4, 0, 5, 2, 3, 4], device=device)
+    ends = torch.tensor([4, 4, 12], dtype=torch.int32, device=device)  # every row in a group
+    act = torch.ops.compile_ops_moe.gate_up_silu(x, rows, gate_up, ends)
+    dest = torch.randperm(12, device=device)
+    scale = torch.rand(12, device=device)
+    torch.library.opcheck(torch.ops.compile_ops_moe.gate_up_silu, (x, rows, gate_up, ends))
+    torch.library.opcheck(torch.ops.compile_ops_moe.down_scatter, (act, down, ends, dest, scale))
+
+
+@requires_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
+def test_gpu_sharded_block_each_impl(world, impl, dtype):
+    results = world(1, "nccl").run(
+        run_sharded_vs_reference, CONFIG, dtype, [1, 7, 512, 33], impl, "inductor", "cuda"
+    )
+    for steps, resolved, frames in results:
+        assert (resolved, frames) == (impl, 1)
+        for step, (out, want) in enumerate(steps):
+            torch.testing.assert_close(out, want, **TOL[dtype], msg=f"step {step}")
