@@ -402,3 +402,22 @@ def capacity_argument_errors():
         "default_is_dynamic": ShardedMoEBlock(CONFIG, weights, ep).manager.capacity is None,
         "given_manager_kept": ShardedMoEBlock(CONFIG, weights, ep, agrs8).manager is agrs8,
     }
+
+
+def benchmark_script(name: str):
+    """A script of benchmarks/ (not a package) as a module, loaded once per process."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    if name not in sys.modules:
+        path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def run_benchmark(name: str, function: str, *args):
+    """``function(*args)`` of benchmarks/<name>.py, in this worker."""
+    return getattr(benchmark_script(name), function)(*args)

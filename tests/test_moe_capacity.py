@@ -7,12 +7,14 @@ import pytest
 import torch
 from moe_workers import (
     CAPACITY,
+    benchmark_script,
     capacity_argument_errors,
     capacity_cell,
     dropped_rows,
     dynamic_host_reads,
     over_capacity,
     over_capacity_compiled,
+    run_benchmark,
     run_capacity,
     run_capacity_flipped,
 )
@@ -214,3 +216,29 @@ def test_inductor(world):
         assert result["frames"] == 1
         for out, want in result["steps"]:
             torch.testing.assert_close(out, want, **TOL[torch.float32])
+
+
+# ---- the decode benchmark, as a smoke run on gloo ------------------------------------------
+
+
+def test_decode_benchmark_runs_on_cpu(world, tmp_path, capsys):
+    """benchmarks/moe_decode.py end to end on 2 gloo ranks (the shared pool, Dynamo only):
+    every manager's block in both modes checked against the reference, the movement rows, the
+    JSON. No timing is judged here."""
+    import json
+
+    bench = benchmark_script("moe_decode")
+    pool = world(2)
+
+    def run(fn, *args):
+        return pool.run(run_benchmark, "moe_decode", fn.__name__, *args)
+
+    argv = ["--device", "cpu", "--world-size", "2", "--quick", "--backend", "eager"]
+    assert bench.main([*argv, "--json", str(tmp_path / "decode.json")], run=run) == 0
+    result = json.loads((tmp_path / "decode.json").read_text())
+    blocks = {(r["manager"], r["mode"]) for r in result["rows"] if r["part"] == "block"}
+    assert blocks == {(m, mode) for m in MANAGERS for mode in ("dynamic", "capacity")}
+    assert all(r["ok"] for r in result["rows"] if r["part"] == "block")
+    moved = {r["manager"]: r["bytes_sent"] for r in result["rows"] if r["part"] == "movement"}
+    assert moved["agrs"] == moved["all_to_all"] > 0  # equal buffers at max_tokens_per_peer = N
+    assert "movement launched: all_to_all / agrs" in capsys.readouterr().out
