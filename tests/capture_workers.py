@@ -193,3 +193,72 @@ def moe_replay_matches_eager(manager: str, sizes: list[int], rounds: int):
             with torch.no_grad():
                 replays.append((n, out, block(x), reference(x)))
     return replays
+
+
+def _capacity_block(manager: str, kind: str, capacity: int, per_peer=None):
+    """A compiled capacity-mode block (bf16) on this rank's device, its eager self, the
+    reference and the layout."""
+    from moe_workers import CONFIG, layout
+
+    from compile_ops.moe import MoEBlock, MoEWeights, ShardedMoEBlock
+
+    torch._dynamo.reset()
+    lay = layout(kind)
+    weights = MoEWeights.random(CONFIG, seed=7, dtype=torch.bfloat16, device=_device())
+    block = ShardedMoEBlock(
+        CONFIG, weights, lay, manager, max_tokens_per_rank=capacity, max_tokens_per_peer=per_peer
+    )
+    return torch.compile(block, fullgraph=True), block, MoEBlock(CONFIG, weights), lay
+
+
+def _bf16_tokens(size: int, seed: int) -> tuple[torch.Tensor]:
+    from moe_workers import CONFIG
+
+    return (_inputs(size, CONFIG.hidden, _device(), seed).to(torch.bfloat16),)
+
+
+def moe_capacity_replays(manager: str, kind: str, sizes: list[int], rounds: int):
+    """The compiled capacity-mode block (bf16, max_tokens_per_rank = the largest size) captured
+    per size on every rank, then replayed with fresh tokens, ranks replaying *different* sizes
+    in the same step (the collectives move capacity-sized buffers, whatever the token count).
+
+    Returns per replay (size, replay output, eager output, single-device reference rows), and
+    the all_to_all manager's ``dropped`` counter after the replays (0 for the others).
+    """
+    rank, n = dist.get_rank(), dist.get_world_size()
+    compiled, block, reference, lay = _capacity_block(manager, kind, max(sizes))
+    graphs = capture_sizes(compiled, sizes, lambda s: _bf16_tokens(s, -s), groups=[lay.group])
+    replays = []
+    for r in range(rounds):
+        for i in range(len(sizes)):
+            # Rank q replays size sizes[(i + q) % len]: every rank a different one.
+            counts = [sizes[(i + q) % len(sizes)] for q in range(n)]
+            xs = [_bf16_tokens(counts[q], 10_000 * r + 100 * i + q)[0] for q in range(n)]
+            out = graphs[counts[rank]](xs[rank]).clone()
+            with torch.no_grad():
+                eager = block(xs[rank])
+                start = sum(counts[:rank])
+                want = reference(torch.cat(xs))[start : start + counts[rank]]
+            replays.append((counts[rank], out, eager, want))
+    return replays
+
+
+def moe_capacity_dropped(capacity: int, per_peer: int, rounds: int):
+    """The all_to_all block (EP) with a tight ``max_tokens_per_peer``, captured for
+    ``capacity`` tokens and replayed on fresh tokens: (the manager's ``dropped`` counter after
+    the replays, the sends past the per-peer buffers counted from the routing)."""
+    from moe_workers import CONFIG
+
+    from compile_ops.moe import compute
+
+    compiled, block, _, lay = _capacity_block("all_to_all", "ep", capacity, per_peer)
+    graph = capture_sizes(compiled, [capacity], lambda s: _bf16_tokens(s, -s), groups=[lay.group])
+    block.manager.reset_dropped()  # the warm-up calls ran and counted too
+    lost = 0
+    for r in range(rounds):
+        (x,) = _bf16_tokens(capacity, 1000 * r + dist.get_rank())
+        graph[capacity](x)
+        _, ids = compute.route(x, block.router, CONFIG)
+        wanted = block.manager.owners[ids].any(1)
+        lost += int((wanted.sum(0) - per_peer).clamp(min=0).sum())
+    return int(block.manager.dropped), lost

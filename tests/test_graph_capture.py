@@ -4,6 +4,8 @@ import pytest
 import torch
 from capture_workers import (
     gloo_refusals,
+    moe_capacity_dropped,
+    moe_capacity_replays,
     moe_replay_matches_eager,
     pool_bytes,
     replay_matches_eager,
@@ -20,6 +22,7 @@ from compile_ops.graph_capture import (
     graph_capture,
     is_capturing,
 )
+from compile_ops.moe import CAPACITY_MANAGERS
 
 HIDDEN, FFN = 1024, 4096
 SIZES = [1, 2, 4, 8]
@@ -179,3 +182,40 @@ def test_compiled_moe_block_replays_match_eager(world, manager):
         # The same kernels as the compiled call, so equal to it; eager rounds differently (bf16).
         torch.testing.assert_close(replayed, eager, rtol=2e-2, atol=5e-2)
         torch.testing.assert_close(replayed, reference, rtol=2e-2, atol=5e-2)
+
+
+def _capacity_cells():
+    for world_size, kinds in ((1, ["tp", "ep"]), (2, ["tp", "ep"]), (4, ["tp", "ep", "tp_ep"])):
+        (world_param,) = gpu_worlds(world_size)
+        for kind in kinds:
+            for manager in CAPACITY_MANAGERS:
+                yield pytest.param(
+                    world_size, kind, manager, marks=world_param.marks,
+                    id=f"w{world_size}-{kind}-{manager}",
+                )  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("world_size", "kind", "manager"), list(_capacity_cells()))
+def test_compiled_capacity_moe_block_replays_match_reference(world, world_size, kind, manager):
+    """Capacity mode reads nothing back to the host, so the whole compiled block captures at
+    any world size, for every manager; the ranks replay different token counts in one step."""
+    rounds = 3
+    per_rank = world(world_size, "nccl").run(moe_capacity_replays, manager, kind, SIZES, rounds)
+    for rank, replays in enumerate(per_rank):
+        assert len(replays) == rounds * len(SIZES)
+        for n, replayed, eager, reference in replays:
+            where = f"rank {rank}, {n} tokens"
+            assert replayed.shape == (n, CONFIG.hidden) and replayed.dtype == torch.bfloat16
+            torch.testing.assert_close(replayed, reference, rtol=2e-2, atol=5e-2, msg=where)
+            torch.testing.assert_close(replayed, eager, rtol=2e-2, atol=5e-2, msg=where)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world_size", gpu_worlds(2))
+def test_replayed_all_to_all_counts_rows_past_max_tokens_per_peer(world, world_size):
+    """A replay cannot raise: rows past a tight per-peer buffer are counted on the device, the
+    counter accumulating over replays; exactly the sends the routing put past the buffers."""
+    per_rank = world(world_size, "nccl").run(moe_capacity_dropped, max(SIZES), 1, 3)
+    for dropped, lost in per_rank:
+        assert dropped == lost > 0

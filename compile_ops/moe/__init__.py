@@ -1,17 +1,23 @@
 """MoE on the compile_ops collectives: a reference block, the same block sharded (TP, EP, TP x EP)
-with token movement by an all2all manager, and an explicit contract on who reduces the outputs.
+with token movement by an all2all manager (dynamic, or capacity mode with no host read), and an
+explicit contract on who reduces the outputs.
 """
 
 from .block import MoEBlock, ShardedMoEBlock, mark_token_dim
+from .capacity import Capacity
 from .config import MoEConfig
 from .contract import ReduceContractError
 from .experts import EXPERTS_IMPLS, resolve_experts_impl
 from .layout import Layout
 from .managers import (
+    CAPACITY_MANAGERS,
     MANAGERS,
     AgRsManager,
     All2AllManager,
     AllToAllManager,
+    CapacityAgRsManager,
+    CapacityAllToAllManager,
+    CapacityNaiveManager,
     Dispatched,
     NaiveManager,
     make_manager,
@@ -20,11 +26,16 @@ from .model import ModelWeights, MoEDecoderLayer, MoEModel, reference_model, sha
 from .weights import MoEWeights
 
 __all__ = [
+    "CAPACITY_MANAGERS",
     "EXPERTS_IMPLS",
     "MANAGERS",
     "AgRsManager",
     "All2AllManager",
     "AllToAllManager",
+    "Capacity",
+    "CapacityAgRsManager",
+    "CapacityAllToAllManager",
+    "CapacityNaiveManager",
     "Dispatched",
     "Layout",
     "MoEBlock",

@@ -75,6 +75,11 @@ class ShardedMoEBlock(_WeightsModule):
 
     ``experts_impl`` picks the grouped expert compute (experts.py): "triton", "grouped_mm",
     "portable", or "auto" (by device and dtype); ``self.experts_impl`` is the resolved name.
+
+    ``max_tokens_per_rank=N`` selects capacity mode: every rank brings at most N tokens, the
+    managers move fixed-size buffers and nothing is read back to the host, so the compiled block
+    can be captured in a device graph. ``max_tokens_per_peer`` (all_to_all only) is a tighter
+    per-peer buffer. Both must be the same on every rank; see docs/moe.md.
     """
 
     def __init__(
@@ -85,18 +90,25 @@ class ShardedMoEBlock(_WeightsModule):
         manager: str | All2AllManager = "agrs",
         debug: bool = False,
         experts_impl: str = "auto",
+        *,
+        max_tokens_per_rank: int | None = None,
+        max_tokens_per_peer: int | None = None,
     ) -> None:
         super().__init__()
         shard = weights.shard(config, layout)
         device = weights.down.device
         self.experts_impl = check_experts_impl(experts_impl, device, weights.down.dtype)
         if isinstance(manager, str):
-            manager = make_manager(manager, layout, config.experts, device)
-        elif manager.layout != layout:
-            raise ValueError(
-                f"compile_ops.moe: the manager was built for layout {manager.layout} on group "
-                f"{manager.layout.group!r}, the block for {layout} on {layout.group!r}"
+            manager = make_manager(
+                manager,
+                layout,
+                config.experts,
+                device,
+                max_tokens_per_rank=max_tokens_per_rank,
+                max_tokens_per_peer=max_tokens_per_peer,
             )
+        else:
+            _check_given_manager(manager, layout, max_tokens_per_rank, max_tokens_per_peer)
         self.config = config
         self.layout = layout
         self.manager = manager
@@ -141,3 +153,22 @@ class ShardedMoEBlock(_WeightsModule):
             out = strip_and_verify(out, topk_weights.sum(-1), manager, self._where)
         shared = compute.shared_expert(x, self)
         return out if shared is None else out + shared
+
+
+def _check_given_manager(manager: All2AllManager, layout: Layout, per_rank, per_peer) -> None:
+    """A manager built elsewhere must match the block's layout and any capacity given here."""
+    if manager.layout != layout:
+        raise ValueError(
+            f"compile_ops.moe: the manager was built for layout {manager.layout} on group "
+            f"{manager.layout.group!r}, the block for {layout} on {layout.group!r}"
+        )
+    have = manager.capacity
+    for arg, given, held in (
+        ("max_tokens_per_rank", per_rank, have and have.per_rank),
+        ("max_tokens_per_peer", per_peer, have and have.per_peer),
+    ):
+        if given is not None and given != held:
+            raise ValueError(
+                f"compile_ops.moe: {arg}={given} but the manager given was built with "
+                f"{arg}={held}; build the manager with it (make_manager(..., {arg}=...))"
+            )

@@ -50,6 +50,9 @@ class GroupComm:
     def all_gatherv(self, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         return compile_ops.all_gatherv(x, sizes, 0, group=self.group)
 
+    def reduce_scatter(self, x: torch.Tensor) -> torch.Tensor:
+        return compile_ops.reduce_scatter(x, 0, "sum", group=self.group)
+
     def reduce_scatterv(self, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         return compile_ops.reduce_scatterv(x, sizes, 0, "sum", group=self.group)
 

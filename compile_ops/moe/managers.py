@@ -13,6 +13,11 @@ One interface for every manager::
 it cannot be defined): does ``combine`` already add up the partial outputs of all ranks? If a
 manager says False but did reduce, the block reduces twice (outputs ``n``-fold too large); if it
 says True but did not, the sum is missing. The block's debug mode detects both at run time.
+
+Each manager exists in two modes. Dynamic mode (the default) moves exactly the rows needed: the
+counts and splits are read back to the host. Capacity mode (``max_tokens_per_rank``) moves
+fixed-size buffers whose sizes are Python ints, keeps every count on the device and reads
+nothing back, so the whole block can be captured in a device graph (see docs/moe.md).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .capacity import Capacity
 from .comm import GroupComm
 from .layout import Layout
 
@@ -55,6 +61,7 @@ class All2AllManager(torch.nn.Module, abc.ABC):
 
     name: ClassVar[str]
     output_is_reduced: ClassVar[bool]
+    capacity: Capacity | None = None  # set by the capacity-mode managers
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -185,17 +192,163 @@ class AllToAllManager(All2AllManager):
         return out.index_add(0, token, back.float()).to(y.dtype)
 
 
+# ---- capacity mode: fixed-size buffers, counts on the device, no host read -----------------
+
+
+def _padded_wire(capacity: Capacity, comm: GroupComm, x, ids, weights) -> torch.Tensor:
+    """``x`` and its routing as one ``[per_rank, ...]`` wire tensor, padded at the end with
+    rows that reach no expert (id -1, weight 0)."""
+    capacity.check(comm, x)
+    wire = _wire(x, _pack_routing(ids, weights))
+    return torch.cat([wire, _padding_rows(capacity.per_rank - x.shape[0], x, ids.shape[1])])
+
+
+def _wire(x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
+    """Rows and their float32 routing as one tensor of ``x``'s dtype (the routing's bits
+    reinterpreted, never converted): one collective moves both."""
+    return torch.cat([x, routing.view(x.dtype)], dim=1)
+
+
+def _unwire(wire: torch.Tensor, hidden: int, state: tuple) -> Dispatched:
+    routing = wire[:, hidden:].contiguous().view(torch.float32)
+    return _unpack_routing(wire[:, :hidden], routing, state)
+
+
+def _padding_rows(rows, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``rows`` wire rows that reach no expert anywhere: zeros, expert ids -1, weights 0."""
+    ids = torch.full((rows, k), -1, dtype=torch.int64, device=x.device)
+    weights = torch.zeros((rows, k), dtype=torch.float32, device=x.device)
+    return _wire(x.new_zeros((rows, x.shape[1])), _pack_routing(ids, weights))
+
+
+class CapacityNaiveManager(All2AllManager):
+    """naive in capacity mode: all_gather every rank's ``per_rank`` rows (its tokens, then
+    padding); ``combine`` returns the partial outputs of all ``n * per_rank`` rows unreduced,
+    the block all_reduces them and each rank keeps its own."""
+
+    name = "naive"
+    output_is_reduced = False
+
+    def __init__(self, layout, experts, device, capacity: Capacity) -> None:
+        super().__init__(layout, experts, device)
+        self.capacity = capacity
+        capacity.agree(self.comm, torch.device(device))
+
+    def dispatch(self, x, topk_ids, topk_weights):
+        wire = _padded_wire(self.capacity, self.comm, x, topk_ids, topk_weights)
+        return _unwire(self.comm.all_gather(wire), x.shape[1], (x.shape[0],))
+
+    def combine(self, y, d):
+        return y
+
+    def home_rows(self, out, d):
+        (n_tokens,) = d.state
+        return out.narrow(0, self.comm.rank * self.capacity.per_rank, n_tokens)
+
+
+class CapacityAgRsManager(CapacityNaiveManager):
+    """agrs in capacity mode: the same all_gather of ``per_rank`` rows per rank, and a
+    reduce_scatter that returns this rank's rows summed over the group."""
+
+    name = "agrs"
+    output_is_reduced = True
+
+    def combine(self, y, d):
+        return self.comm.reduce_scatter(y)
+
+    def home_rows(self, out, d):
+        (n_tokens,) = d.state
+        return out.narrow(0, 0, n_tokens)
+
+
+class CapacityAllToAllManager(All2AllManager):
+    """all_to_all in capacity mode: a fixed buffer of ``per_peer`` rows for each peer holds the
+    tokens routed to it (in token order, then padding), exchanged with equal static splits; the
+    partial outputs come back the same way and are summed per token.
+
+    Padding rows carry expert id -1 and weight 0, so the receiver needs no counts. Where
+    ``per_peer < per_rank`` a peer may be offered more rows than fit: the rows past its buffer
+    are dropped and counted in the device buffer ``dropped`` (eager mode raises instead).
+    """
+
+    name = "all_to_all"
+    output_is_reduced = True
+
+    def __init__(self, layout, experts, device, capacity: Capacity) -> None:
+        super().__init__(layout, experts, device)
+        self.capacity = capacity
+        capacity.agree(self.comm, torch.device(device))
+        self.register_buffer("owners", layout.owners(experts).to(device), persistent=False)
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self.register_buffer("dropped", zero, persistent=False)
+
+    def dispatch(self, x, topk_ids, topk_weights):
+        n, per_peer = self.comm.size, self.capacity.per_peer
+        wanted = self.owners[topk_ids].any(dim=1)  # [T, n]: rank r gets token t
+        self.capacity.check(self.comm, x, sends=wanted.sum(0))
+        running = wanted.cumsum(0)  # [T, n]: tokens for rank r among rows 0..t
+        # Slot j of rank r's buffer holds the row where rank r's count reaches j + 1; where it
+        # never does, row T: padding.
+        slots = torch.arange(1, per_peer + 1, device=x.device).repeat(n, 1)
+        rows = torch.searchsorted(running.t().contiguous(), slots).reshape(-1)
+        wire = _wire(x, _pack_routing(topk_ids, topk_weights))
+        wire = torch.cat([wire, _padding_rows(1, x, topk_ids.shape[1])])
+        splits = [per_peer] * n
+        received = self.comm.all_to_all(wire[rows], splits, splits)
+        # Where each (token, rank) partial comes back: rank r's block, at the token's slot;
+        # row n * per_peer (zeros) where the token was not sent there.
+        kept = wanted & (running <= per_peer)
+        offsets = torch.arange(n, device=x.device) * per_peer
+        back = torch.where(kept, running - 1 + offsets, n * per_peer)
+        if per_peer < self.capacity.per_rank:
+            self.dropped.add_((wanted & ~kept).sum())
+        return _unwire(received, x.shape[1], (back,))
+
+    def combine(self, y, d):
+        (back,) = d.state
+        splits = [self.capacity.per_peer] * self.comm.size
+        partials = self.comm.all_to_all(y, splits, splits)
+        partials = torch.cat([partials, partials.new_zeros((1, y.shape[1]))])
+        return partials[back].float().sum(1).to(y.dtype)
+
+    def reset_dropped(self) -> None:
+        self.dropped.zero_()
+
+
 MANAGERS: dict[str, type[All2AllManager]] = {
     m.name: m for m in (NaiveManager, AgRsManager, AllToAllManager)
+}
+CAPACITY_MANAGERS: dict[str, type[All2AllManager]] = {
+    m.name: m for m in (CapacityNaiveManager, CapacityAgRsManager, CapacityAllToAllManager)
 }
 
 
 def make_manager(
-    name: str, layout: Layout, experts: int, device: torch.device | str = "cpu"
+    name: str,
+    layout: Layout,
+    experts: int,
+    device: torch.device | str = "cpu",
+    *,
+    max_tokens_per_rank: int | None = None,
+    max_tokens_per_peer: int | None = None,
 ) -> All2AllManager:
-    """The manager called ``name`` for ``layout``; an unknown name raises (no fallback)."""
+    """The manager called ``name`` for ``layout``; an unknown name raises (no fallback).
+
+    With ``max_tokens_per_rank`` it works in capacity mode (fixed-size buffers, no host read;
+    collective at construction: every rank of the group must build it, with the same values).
+    ``max_tokens_per_peer`` (all_to_all only) reserves fewer rows per peer than the default
+    ``max_tokens_per_rank``: less memory and traffic, rows past it are dropped (and counted).
+    """
     if name not in MANAGERS:
         raise ValueError(
             f"compile_ops.moe: unknown manager {name!r}; choose one of {sorted(MANAGERS)}"
         )
-    return MANAGERS[name](layout, experts, device)
+    if max_tokens_per_rank is None:
+        if max_tokens_per_peer is not None:
+            raise ValueError(
+                "compile_ops.moe: max_tokens_per_peer is a capacity-mode bound; give "
+                "max_tokens_per_rank too"
+            )
+        return MANAGERS[name](layout, experts, device)
+    capacity = Capacity.of(name, max_tokens_per_rank, max_tokens_per_peer)
+    return CAPACITY_MANAGERS[name](layout, experts, device, capacity)
