@@ -5,7 +5,6 @@ graph) skip without a GPU."""
 
 import pytest
 import torch
-from conftest import requires_gpu
 from moe_experts_workers import run_sharded_vs_reference
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -169,21 +168,18 @@ def test_sharded_block_takes_and_shows_experts_impl(world):
 # ---- GPU ------------------------------------------------------------------------------------
 
 
-@requires_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
 def test_gpu_matches_reference(impl, dtype):
     _check_impl(impl, dtype, "cuda")
 
 
-@requires_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
 def test_gpu_compiled_one_graph_for_every_row_count(impl, dtype):
     _check_compiled(impl, dtype, "cuda", "inductor")
 
 
-@requires_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_triton_in_a_captured_graph(dtype):
@@ -210,7 +206,6 @@ def test_gpu_triton_in_a_captured_graph(dtype):
         torch.testing.assert_close(mass, want_mass)
 
 
-@requires_gpu
 @pytest.mark.gpu
 def test_gpu_triton_ops_pass_opcheck():
     from compile_ops.moe import triton_grouped_gemm  # noqa: F401  (registers the ops)
@@ -228,7 +223,6 @@ def test_gpu_triton_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.compile_ops_moe.down_scatter, (act, down, ends, dest, scale))
 
 
-@requires_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
 def test_gpu_sharded_block_each_impl(world, impl, dtype):
