@@ -37,11 +37,8 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import realize_codegen
-import realize_panel
-
 import inductor_patches
+from compile_ops.testing import codegen, realize_panel
 from inductor_patches.realize_on_reuse import decisions
 
 PATCH = inductor_patches.get("realize_on_reuse")
@@ -266,7 +263,7 @@ def run_module(name, sizes, tokens_list, ways, args) -> list[dict]:
         ref = outs[ways[0]]
         for way in ways:
             rec = recorders[way]
-            launches = [k for c in rec.codes for k in realize_codegen.kernel_launches(c)]
+            launches = [k for c in rec.codes for k in codegen.kernel_launches(c)]
             rows.append(
                 {
                     "module": name,

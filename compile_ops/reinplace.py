@@ -8,7 +8,6 @@ Where the input is still read later, the pass leaves the out-of-place op alone (
 from __future__ import annotations
 
 import torch
-from torch._inductor.fx_passes.reinplace import InplaceableOp, inplaceable_ops
 
 # out-of-place op -> (in-place twin, index of the argument it writes)
 INPLACE_TWINS = {
@@ -18,6 +17,9 @@ INPLACE_TWINS = {
 
 
 def register() -> None:
+    """Add the twins to the pass's table (``import compile_ops`` calls this when Inductor loads)."""
+    from torch._inductor.fx_passes.reinplace import InplaceableOp, inplaceable_ops
+
     ops = torch.ops.compile_ops
     for name, (twin, arg) in INPLACE_TWINS.items():
         inplaceable_ops[getattr(ops, name).default] = InplaceableOp(getattr(ops, twin).default, arg)

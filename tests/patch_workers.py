@@ -1,8 +1,5 @@
 """Rank-side functions for the Inductor patch tests (module level, so they pickle by reference)."""
 
-import os
-import sys
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -10,11 +7,8 @@ from torch._inductor.utils import run_and_get_code
 
 import compile_ops
 import inductor_patches
+from compile_ops.testing import codegen, realize_panel
 from inductor_patches.realize_on_reuse import decisions
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-import realize_codegen
-import realize_panel
 
 
 def _shard(w: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
@@ -75,6 +69,6 @@ def tp_stack_with_patch(layers: int, tokens: int) -> dict:
         "eager": forward(x),
         "compiled": compiled,
         "decisions": decisions.counts(),
-        "norm_loads": realize_codegen.norm_loads(codes),
+        "norm_loads": codegen.norm_loads(codes),
         "inplace_all_reduces": sum(c.count("compile_ops.all_reduce_.default(") for c in codes),
     }
