@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from torch._inductor.utils import run_and_get_code
 
 import inductor_patches
-from compile_ops.testing import codegen
+from compile_ops.testing import codegen, hf_decoders
 from compile_ops.testing.compare import assert_compiled_matches_eager, default_tolerance
 from compile_ops.testing.pool import get_pool
 from compile_ops.testing.strategies import programs
@@ -31,8 +31,6 @@ pytestmark = pytest.mark.skipif(
     not PATCH.matches_torch(),
     reason=f"realize_on_reuse is for torch {PATCH.torch_versions}; running {torch.__version__}",
 )
-transformers = pytest.importorskip("transformers")  # the test extra has it
-hf_decoders = pytest.importorskip("compile_ops.testing.hf_decoders")
 
 fp32, bf16 = torch.float32, torch.bfloat16
 TOKENS = 16
@@ -52,6 +50,7 @@ def compiled_ways(family: str, dtype: torch.dtype, layers: int) -> dict:
     key = (family, dtype, layers)
     if key in _results:
         return _results[key]
+    pytest.importorskip("transformers")  # in the test extra
     model, ids = hf_decoders.build(family, dtype, layers), hf_decoders.input_ids(TOKENS)
     was_applied = PATCH.is_applied()
     ways = {}
