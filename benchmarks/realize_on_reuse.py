@@ -5,16 +5,19 @@
 * ``split``        the decoder stack cut at every attention op, each piece compiled on its own
                    (patch off), as vLLM's piecewise compilation does
 
-For each module and token count it reports kernel launches per forward, the loads of each
-RMSNorm kernel, Inductor's estimate of bytes accessed, min and median latency over interleaved
-repetitions, kernel time per category from torch.profiler (norm kernels above all), cold compile
-time, and the patch's decision counts. Sizes are Llama-3.1-8B's (hidden 4096, MLP 14336, 32/8
-heads) in bf16; the token dimension is dynamic, so each module compiles once per way.
+Where the patch leaves the generated code of a module unchanged (compared, not assumed), there
+is nothing to time and the row says "same code". Elsewhere every way is timed by paired,
+interleaved samples of CUDA-graph replays until the 95% confidence interval of each median ratio
+is narrower than 1% (or the budget runs out, and the interval says so); the spread of the samples
+is reported beside them. Also reported: kernel launches per forward, the loads of each RMSNorm
+kernel, Inductor's estimate of bytes accessed, kernel time per category (torch.profiler), cold
+compile time and the patch's decision counts. Sizes are Llama-3.1-8B's (hidden 4096, MLP 14336,
+32/8 heads) in bf16; the token dimension is dynamic, so each module compiles once per way.
 
-On one H100 (torch 2.11), each run fits in 8 minutes:
+From the repository root, on one GPU (torch 2.11), each run within 10 minutes:
 
-    python3 benchmarks/realize_on_reuse.py --modules blocks,stack8
-    python3 benchmarks/realize_on_reuse.py --modules stack32
+    python3 -m benchmarks.realize_on_reuse --modules blocks,stack8
+    python3 -m benchmarks.realize_on_reuse --modules stack32
 
 ``--quick`` runs tiny sizes on CPU to check the script itself. Results go to ``$OUT``
 (realize_on_reuse.json and realize_on_reuse.md); the summary table is printed last.
@@ -37,11 +40,9 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import realize_codegen
-import realize_panel
-
 import inductor_patches
+from benchmarks import realize_timing
+from compile_ops.testing import codegen, realize_panel
 from inductor_patches.realize_on_reuse import decisions
 
 PATCH = inductor_patches.get("realize_on_reuse")
@@ -158,28 +159,12 @@ WAYS = {
 }
 
 
-# ---------------------------------------------------------------- timing and profiling
+# ---------------------------------------------------------------- profiling
 
 
 def synchronize(device: str) -> None:
     if device != "cpu":
         torch.accelerator.synchronize()
-
-
-def time_ms(fn: Callable, args: tuple, inner: int, device: str) -> float:
-    """Mean time of ``inner`` back-to-back calls, in ms (device events on an accelerator)."""
-    if device == "cpu":
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn(*args)
-        return (time.perf_counter() - start) * 1e3 / inner
-    begin, end = torch.Event(enable_timing=True), torch.Event(enable_timing=True)
-    begin.record()
-    for _ in range(inner):
-        fn(*args)
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end) / inner
 
 
 def category(kernel: str) -> str:
@@ -197,8 +182,8 @@ def category(kernel: str) -> str:
     return "other"
 
 
-def profile(fn: Callable, args: tuple, forwards: int, device: str) -> dict:
-    """Kernel time per category and kernel launches, per forward."""
+def kernel_table(run: Callable[[], object], forwards: int, device: str) -> dict:
+    """Per device kernel name: (calls, ms) per forward, from torch.profiler."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
 
@@ -207,30 +192,34 @@ def profile(fn: Callable, args: tuple, forwards: int, device: str) -> dict:
         activities.append(getattr(ProfilerActivity, device.upper(), ProfilerActivity.CUDA))
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(forwards):
-            fn(*args)
+            run()
         synchronize(device)
-    per_category: dict[str, float] = {}
-    launches = 0
+    table: dict[str, list[float]] = {}
     for event in prof.events():
         if event.device_type == DeviceType.CPU:
             continue
-        launches += 1
-        cat = category(event.name)
-        per_category[cat] = per_category.get(cat, 0.0) + event.time_range.elapsed_us() / 1e3
-    return {
-        "kernel_ms": {k: v / forwards for k, v in sorted(per_category.items())},
-        "launches": launches / forwards,
-    }
+        calls_ms = table.setdefault(event.name, [0, 0.0])
+        calls_ms[0] += 1 / forwards
+        calls_ms[1] += event.time_range.elapsed_us() / 1e3 / forwards
+    return {name: tuple(v) for name, v in sorted(table.items())}
+
+
+def by_category(table: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, (_, ms) in table.items():
+        out[category(name)] = out.get(category(name), 0.0) + ms
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------- one module, all ways
 
 
-def run_module(name, sizes, tokens_list, ways, args) -> list[dict]:
+def compile_ways(name, sizes, tokens, ways) -> tuple[dict, dict, dict]:
+    """Each way's compiled module (token dimension dynamic), recorder and cold compile time."""
     case = realize_panel.PANEL[name]
     module = case.module(sizes)
     compiled, recorders, compile_s = {}, {}, {}
-    first_inputs = case.inputs(sizes, tokens_list[0])
+    first_inputs = case.inputs(sizes, tokens)
     for way in ways:
         rec = recorders[way] = Recorder()
         fn = torch.compile(module, backend=WAYS[way](rec), fullgraph=True)
@@ -242,54 +231,93 @@ def run_module(name, sizes, tokens_list, ways, args) -> list[dict]:
             synchronize(sizes.device)
         compile_s[way] = time.perf_counter() - start
         compiled[way] = fn
+    return compiled, recorders, compile_s
 
+
+def code_hash(rec: Recorder) -> str:
+    return hashlib.sha256("\n".join(rec.codes).encode()).hexdigest()[:16]
+
+
+def time_ways(compiled: dict, inputs: tuple, device: str, args) -> dict:
+    """Paired interleaved samples (graph replays on an accelerator) and a kernel table per way."""
+    pairs = [(way, "whole") for way in compiled if way != "whole"]
+    if "split" in compiled:
+        pairs.append(("whole+patch", "split"))
+    with torch.no_grad():
+        runs = {way: realize_timing.runner(fn, inputs, device) for way, fn in compiled.items()}
+        comparisons, samples, inner = realize_timing.compare(
+            runs,
+            pairs,
+            device,
+            target_sample_ms=args.sample_ms,
+            max_reps=args.max_reps,
+            budget_s=args.budget_s,
+        )
+        tables = {
+            way: kernel_table(run, args.profile_forwards, device) for way, run in runs.items()
+        }
+    return {"comparisons": comparisons, "samples": samples, "inner": inner, "tables": tables}
+
+
+def run_module(name, sizes, tokens_list, ways, args) -> list[dict]:
+    case = realize_panel.PANEL[name]
+    module = case.module(sizes)
+    compiled, recorders, compile_s = compile_ways(name, sizes, tokens_list[0], ways)
+    hashes = {way: code_hash(rec) for way, rec in recorders.items()}
+    same_code = hashes["whole"] == hashes["whole+patch"]
     rows = []
     for tokens in tokens_list:
         inputs = case.inputs(sizes, tokens)
         with torch.no_grad():
             outs = {way: fn(*inputs) for way, fn in compiled.items()}
             eager = module(*inputs) if tokens <= args.eager_max_tokens else None
-            for fn in compiled.values():  # warm up at this size
-                fn(*inputs)
-            synchronize(sizes.device)
-            one = min(time_ms(fn, inputs, 1, sizes.device) for fn in compiled.values())
-            inner = max(1, int(args.sample_ms / max(one, 1e-3)))
-            samples: dict[str, list[float]] = {way: [] for way in ways}
-            for rep in range(args.reps):  # interleaved, rotating the order
-                order = ways[rep % len(ways) :] + ways[: rep % len(ways)]
-                for way in order:
-                    samples[way].append(time_ms(compiled[way], inputs, inner, sizes.device))
-            profiles = {
-                way: profile(fn, inputs, args.profile_forwards, sizes.device)
-                for way, fn in compiled.items()
-            }
-        ref = outs[ways[0]]
+        timed = None if same_code else time_ways(compiled, inputs, sizes.device, args)
         for way in ways:
             rec = recorders[way]
-            launches = [k for c in rec.codes for k in realize_codegen.kernel_launches(c)]
-            rows.append(
-                {
-                    "module": name,
-                    "layers": sizes.layers if name == "decoder_stack" else None,
-                    "tokens": tokens,
-                    "way": way,
-                    "min_ms": min(samples[way]),
-                    "median_ms": statistics.median(samples[way]),
-                    "samples_ms": samples[way],
-                    "inner": inner,
-                    "kernel_ms": profiles[way]["kernel_ms"],
-                    "launches_per_forward": profiles[way]["launches"],
-                    "generated_kernel_launches": len(launches),
-                    "norm_loads": [k.loads for k in launches if k.is_norm],
-                    "bytes_accessed": rec.bytes_accessed,
-                    "compile_s": compile_s[way],
-                    "code_hash": hashlib.sha256("\n".join(rec.codes).encode()).hexdigest()[:16],
-                    "decisions": rec.decisions,
-                    "max_diff_vs_whole": _max_diff(outs[way], ref),
-                    "max_diff_vs_eager": None if eager is None else _max_diff(outs[way], eager),
-                }
-            )
+            launches = [k for c in rec.codes for k in codegen.kernel_launches(c)]
+            row = {
+                "module": name,
+                "layers": sizes.layers if name == "decoder_stack" else None,
+                "tokens": tokens,
+                "way": way,
+                "same_code_as_whole": hashes[way] == hashes["whole"],
+                "generated_kernel_launches": len(launches),
+                "norm_loads": [k.loads for k in launches if k.is_norm],
+                "bytes_accessed": rec.bytes_accessed,
+                "compile_s": compile_s[way],
+                "code_hash": hashes[way],
+                "decisions": rec.decisions,
+                "max_diff_vs_whole": _max_diff(outs[way], outs["whole"]),
+                "max_diff_vs_eager": None if eager is None else _max_diff(outs[way], eager),
+            }
+            if timed is not None:
+                row.update(_timing_fields(timed, way))
+            rows.append(row)
     return rows
+
+
+def _timing_fields(timed: dict, way: str) -> dict:
+    samples, table = timed["samples"][way], timed["tables"][way]
+    fields = {
+        "min_ms": min(samples),
+        "median_ms": statistics.median(samples),
+        "spread": realize_timing.spread(samples),
+        "samples_ms": samples,
+        "inner": timed["inner"],
+        "kernel_ms": by_category(table),
+        "kernels": {k: list(v) for k, v in table.items()},
+        "launches_per_forward": sum(calls for calls, _ in table.values()),
+    }
+    for c in timed["comparisons"]:
+        if c.way == way:
+            lo, hi = c.ci
+            fields[f"vs_{c.reference}"] = {
+                "ratio": c.ratio,
+                "ci": [lo, hi],
+                "reps": len(c.ratios),
+                "verdict": c.verdict(),
+            }
+    return fields
 
 
 def _max_diff(a, b) -> float:
@@ -318,17 +346,30 @@ def _norm_loads(row: dict) -> str:
     return f"{min(loads)}-{max(loads)}" if loads else "-"
 
 
+def _vs_whole(row: dict) -> str:
+    if "vs_whole" not in row:
+        return "same code" if row["same_code_as_whole"] and row["way"] != "whole" else "-"
+    v = row["vs_whole"]
+    return f"{v['ratio']:.3f} [{v['ci'][0]:.3f},{v['ci'][1]:.3f}]"
+
+
+def _ms(key: str) -> Callable[[dict], str]:
+    return lambda r: f"{r[key]:.3f}" if key in r else "-"
+
+
 COLUMNS = {
     "module": _label,
     "tokens": lambda r: str(r["tokens"]),
     "way": lambda r: r["way"],
     "kernels": lambda r: str(r["generated_kernel_launches"]),  # Inductor kernels per forward
-    "launches": lambda r: f"{r['launches_per_forward']:.0f}",  # all device kernels (profiler)
+    "launches": lambda r: f"{r['launches_per_forward']:.0f}" if "kernels" in r else "-",
     "norm loads": _norm_loads,
     "MB est": lambda r: f"{r['bytes_accessed'] / 1e6:.1f}",
-    "min ms": lambda r: f"{r['min_ms']:.3f}",
-    "med ms": lambda r: f"{r['median_ms']:.3f}",
-    "norm ms": lambda r: f"{r['kernel_ms'].get('norm', 0.0):.3f}",
+    "min ms": _ms("min_ms"),
+    "med ms": _ms("median_ms"),
+    "spread": lambda r: f"{r['spread']:.1%}" if "spread" in r else "-",
+    "/ whole [95% CI]": _vs_whole,
+    "norm ms": lambda r: f"{r['kernel_ms'].get('norm', 0.0):.3f}" if "kernel_ms" in r else "-",
     "compile s": lambda r: f"{r['compile_s']:.1f}",
     "decisions": lambda r: _short_decisions(r["decisions"]) or "-",
 }
@@ -345,35 +386,33 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def verdicts(rows: list[dict], noise: float) -> list[str]:
-    """The bar for shipping the patch on by default (docs/patches.md), checked on these rows."""
+def verdicts(rows: list[dict]) -> list[str]:
+    """What the rows show, per module and token count: same code, or the timed ratios."""
     by = {(_label(r), r["tokens"], r["way"]): r for r in rows}
     out = []
     for (label, tokens, way), r in sorted(by.items()):
         if way != "whole+patch":
             continue
-        base = by[(label, tokens, "whole")]
-        gain = 1 - r["median_ms"] / base["median_ms"]
-        line = f"{label} {tokens}: whole+patch vs whole {gain:+.2%} (median)"
-        if not label.startswith("stack"):
-            if r.get("code_hash") == base.get("code_hash"):
-                line += " ok: identical generated code, so the difference is noise"
-            else:
-                line += " ok" if gain >= -noise else f" SLOWER beyond {noise:.0%} noise"
-        else:
-            split = by.get((label, tokens, "split"))
-            if split:
-                norm, split_norm = r["kernel_ms"].get("norm"), split["kernel_ms"].get("norm")
-                vs_split = 1 - r["median_ms"] / split["median_ms"]
-                if norm and split_norm:
-                    ratio = norm / split_norm
-                    verdict = "ok" if ratio <= 1.10 else "over 1.10x"
-                    line += f"; norm time {ratio:.2f}x split's ({verdict})"
-                line += f"; vs split {vs_split:+.2%} ({'ok' if vs_split > 0 else 'not faster'})"
-            if label == "stack32" and tokens == max(t for (_, t, _) in by):
-                line += f"; needs >= +1.5% vs whole: {'ok' if gain >= 0.015 else 'NOT MET'}"
+        if "vs_whole" not in r:
+            out.append(f"{label} {tokens}: same generated code with and without the patch")
+            continue
+        line = f"{label} {tokens}: " + _ratio_text(r["vs_whole"], "whole")
+        split = by.get((label, tokens, "split"))
+        if "vs_split" in r and split is not None:
+            line += "; " + _ratio_text(r["vs_split"], "split")
+            norm, split_norm = r["kernel_ms"].get("norm"), split["kernel_ms"].get("norm")
+            if norm and split_norm:
+                line += f"; norm kernel time {norm / split_norm:.2f}x split's"
         out.append(line)
     return out
+
+
+def _ratio_text(v: dict, reference: str) -> str:
+    lo, hi = v["ci"]
+    return (
+        f"whole+patch / {reference} = {v['ratio']:.4f} (95% CI {lo:.4f}-{hi:.4f}, "
+        f"{v['reps']} paired reps): {v['verdict']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,8 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of panel modules, 'blocks', 'stack<N>' (default: all)",
     )
     parser.add_argument("--tokens", default="1024,8192")
-    parser.add_argument("--reps", type=int, default=9, help="interleaved repetitions")
-    parser.add_argument("--sample-ms", type=float, default=30.0, help="target time per sample")
+    parser.add_argument(
+        "--max-reps", type=int, default=400, help="most paired repetitions per module and size"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=60.0, help="timing budget per module and size"
+    )
+    parser.add_argument("--sample-ms", type=float, default=20.0, help="target time per sample")
     parser.add_argument("--profile-forwards", type=int, default=3)
     parser.add_argument("--eager-max-tokens", type=int, default=1024)
     parser.add_argument("--quick", action="store_true", help="tiny sizes on CPU, few reps")
@@ -400,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         sizes = replace(realize_panel.TINY, device="cpu")
         tokens = [32, 64]
-        args.reps, args.sample_ms, args.profile_forwards = 3, 5.0, 1
+        args.max_reps, args.budget_s, args.sample_ms, args.profile_forwards = 12, 5.0, 2.0, 1
     else:
         if not torch.accelerator.is_available():
             raise SystemExit(
@@ -449,14 +493,17 @@ def main(argv: list[str] | None = None) -> int:
 NOTES = (
     "kernels: Inductor kernels launched per forward (generated code); launches: all device "
     "kernels per forward (profiler); norm loads: buffers read by each RMSNorm kernel; MB est: "
-    "Inductor's bytes estimate at the first token count (the compile-time size hint); norm ms: "
-    "RMSNorm kernel time per forward (profiler); compile s: first call, cold caches; "
+    "Inductor's bytes estimate at the first token count (the compile-time size hint); min/med "
+    "ms: per call, over interleaved samples (graph replays on an accelerator); spread: "
+    "interquartile range / median of those samples; / whole: median of paired ratios with its "
+    "95% confidence interval ('same code': generated code equal to whole's, not timed); norm "
+    "ms: RMSNorm kernel time per forward (profiler); compile s: first call, cold caches; "
     "decisions: realize_on_reuse counts per rule, + stored, - recomputed"
 )
 
 
 def report(meta: dict, rows: list[dict], final: bool) -> None:
-    table, checks = summary_table(rows), verdicts(rows, noise=0.01)
+    table, checks = summary_table(rows), verdicts(rows)
     out_dir = os.environ.get("OUT")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

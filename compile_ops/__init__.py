@@ -2,7 +2,9 @@
 
 ``import compile_ops`` registers the ``torch.ops.compile_ops`` namespace with fake kernels,
 teaches Inductor's reinplacing pass the in-place twins and applies the Inductor patches that are
-on (see ``inductor_patches`` and docs/patches.md).
+on (see ``inductor_patches`` and docs/patches.md). It does not import Inductor, which costs
+seconds: the last two happen right after Inductor's modules are first imported, before anything
+is compiled.
 """
 
 import re
@@ -38,8 +40,6 @@ from .ops.consistency import (
 )
 from .ops.funcol import functional_collectives_enabled, use_functional_collectives
 
-reinplace.register()
-
 
 def _read_version() -> str:
     """The version pyproject.toml declares: from the installed metadata, or, in a source tree
@@ -60,6 +60,9 @@ __version__ = _read_version()
 # Code compiled by another compile-ops version or patch set is never served from the cache.
 inductor_patches.set_cache_key_component("compile_ops", __version__)
 inductor_patches.apply_configured()
+inductor_patches.when_imported(
+    "torch._inductor.fx_passes.reinplace", lambda _module: reinplace.register()
+)
 
 __all__ = [
     *collectives.__all__,

@@ -9,7 +9,6 @@ The pairs come from the spec table: every op whose twin works in place on ``x``.
 from __future__ import annotations
 
 import torch
-from torch._inductor.fx_passes.reinplace import InplaceableOp, inplaceable_ops
 
 from .ops import SPECS
 
@@ -20,6 +19,9 @@ INPLACE_TWINS = {
 
 
 def register() -> None:
+    """Add the twins to the pass's table (``import compile_ops`` calls this when Inductor loads)."""
+    from torch._inductor.fx_passes.reinplace import InplaceableOp, inplaceable_ops
+
     ops = torch.ops.compile_ops
     for name, (twin, arg) in INPLACE_TWINS.items():
         inplaceable_ops[getattr(ops, name).default] = InplaceableOp(getattr(ops, twin).default, arg)

@@ -2,12 +2,14 @@
 
 Importing this package only registers the patches; ``apply_configured()`` (called by
 ``import compile_ops``) applies those that are on, by default or by ``COMPILE_OPS_PATCHES``,
-and fit the running torch. ``status()`` says for each patch whether it is applied and why.
+and fit the running torch, as soon as Inductor's patched modules are imported (it imports
+nothing itself). ``status()`` says for each patch whether it is applied and why.
 This package imports nothing from ``compile_ops``.
 """
 
-from . import cache_key, realize_on_reuse
+from . import cache_key, import_hook, realize_on_reuse
 from .cache_key import set_component as set_cache_key_component
+from .import_hook import ImportHookWarning, when_imported
 from .registry import (
     ENV_VAR,
     Patch,
@@ -27,6 +29,7 @@ from .registry import (
 
 __all__ = [
     "ENV_VAR",
+    "ImportHookWarning",
     "Patch",
     "PatchStatus",
     "PatchWarning",
@@ -35,6 +38,7 @@ __all__ = [
     "cache_key",
     "format_status",
     "get",
+    "import_hook",
     "parse_switches",
     "patches",
     "realize_on_reuse",
@@ -43,4 +47,5 @@ __all__ = [
     "status",
     "torch_base_version",
     "unregister",
+    "when_imported",
 ]

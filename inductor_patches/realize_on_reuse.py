@@ -136,11 +136,12 @@ def _sizes(box: Any) -> tuple[int, int] | None:
     numel = data.get_numel()
     if free_unbacked_symbols(numel) or any(dep.has_unbacked_symbols() for dep in reads):
         return None
-    read = sum(V.graph.get_dep_size_hint(dep) for dep in reads)
+    hints = [V.graph.get_dep_size_hint(dep) for dep in reads]
     out = V.graph.sizevars.optimization_hint(numel, fallback=0) * data.dtype.itemsize
-    if read <= 0 or out <= 0:
+    if out <= 0 or any(hint <= 0 for hint in hints):
         return None
-    return read, out
+    # A value computed from indices alone (positions, masks) reads 0 bytes: free to recompute.
+    return sum(hints), out
 
 
 def _numel_hint(value: Any) -> int | None:

@@ -5,6 +5,10 @@ version (``2.11.0+cu130`` counts as ``2.11.0``) lies in the patch's range and ev
 method still has the parameters the patch was written against; otherwise it is refused with one
 warning instead of failing later inside a compilation. The exact objects it replaced are kept,
 so ``revert()`` restores torch bit for bit.
+
+``apply_configured()`` does not import the classes it patches: a patch whose module is not
+imported yet is applied right after that module's first import (``import_hook``), so
+``import compile_ops`` stays cheap and the patch is still in place before Inductor runs.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +27,7 @@ import torch
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from . import cache_key
+from . import cache_key, import_hook
 
 ENV_VAR = "COMPILE_OPS_PATCHES"
 _MISSING = object()
@@ -56,6 +61,10 @@ class Replacement:
     def target(self) -> str:
         return f"{self.owner}.{self.attribute}"
 
+    @property
+    def module(self) -> str:
+        return self.owner.rpartition(".")[0]
+
     def resolve_owner(self) -> Any:
         module, _, name = self.owner.rpartition(".")
         return getattr(importlib.import_module(module), name)
@@ -76,6 +85,7 @@ class Patch:
     _warned: bool = field(default=False, repr=False)
     _applied_by: str = field(default="", repr=False)
     _reverted: bool = field(default=False, repr=False)
+    _pending: str | None = field(default=None, repr=False)  # why, while waiting for its module
 
     @property
     def replaces(self) -> str:
@@ -130,10 +140,11 @@ class Patch:
 
     def apply(self, *, why: str = "applied by apply()") -> bool:
         """Install the patch; True when it is in place. Idempotent; refuses with one warning."""
-        if self.is_applied():
-            return True
         if not self.matches_torch():
             return False
+        self.resolve_pending()  # importing its modules applies a pending patch
+        if self.is_applied():
+            return True
         reason = self.refusal()
         if reason is not None:
             self._warn(f"inductor patch {self.name!r} refused: {reason}; torch left unchanged")
@@ -148,8 +159,41 @@ class Patch:
         _refresh_cache_key()
         return True
 
+    def apply_when_imported(self, *, why: str) -> None:
+        """Apply now if the patched modules are imported, else right after the first import.
+
+        Until then the patch counts as applied in the cache key, which must be right before
+        anything is compiled.
+        """
+        self._pending = why
+        missing = next((r.module for r in self.replacements if r.module not in sys.modules), None)
+        if missing is None:
+            self._apply_pending()
+            return
+        _refresh_cache_key()
+        import_hook.when_imported(missing, lambda _module: self._apply_pending())
+
+    def is_pending(self) -> bool:
+        return self._pending is not None
+
+    def resolve_pending(self) -> None:
+        """Import the patched modules now, which applies a pending patch (or refuses it)."""
+        if self._pending is not None:
+            for r in self.replacements:
+                importlib.import_module(r.module)
+            self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        why, self._pending = self._pending, None
+        if why is not None:
+            self.apply(why=why)
+        _refresh_cache_key()
+
     def revert(self) -> bool:
         """Put back the exact objects the patch replaced; True when it was applied before."""
+        if self._pending is not None:
+            self._pending = None
+            _refresh_cache_key()
         if not self.is_applied():
             return False
         for r in self.replacements:
@@ -224,8 +268,12 @@ def parse_switches(value: str, names: Iterable[str]) -> dict[str, bool]:
     return switches
 
 
-def apply_configured(env: Mapping[str, str] | None = None) -> list[PatchStatus]:
-    """Apply every patch that is on (by default or by COMPILE_OPS_PATCHES) and fits this torch."""
+def apply_configured(env: Mapping[str, str] | None = None) -> None:
+    """Apply every patch that is on (by default or by COMPILE_OPS_PATCHES) and fits this torch.
+
+    A patch of a module not imported yet is applied right after its first import; ``status()``
+    imports it to tell.
+    """
     global _env_value
     _env_value = (os.environ if env is None else env).get(ENV_VAR, "").strip()
     _switches.clear()
@@ -243,14 +291,17 @@ def apply_configured(env: Mapping[str, str] | None = None) -> list[PatchStatus]:
                 )
             continue
         why = f"on by {ENV_VAR}={_env_value}" if patch.name in _switches else "on by default"
-        patch.apply(why=why)
-    return status()
+        patch.apply_when_imported(why=why)
 
 
 def status() -> list[PatchStatus]:
-    """One row per registered patch: its state and why (what ``compile-ops check`` prints)."""
+    """One row per registered patch: its state and why (what ``compile-ops check`` prints).
+
+    Imports the modules of patches that wait for them, so each row says what a compilation gets.
+    """
     rows = []
     for p in patches():
+        p.resolve_pending()
         if p.is_applied():
             rows.append(PatchStatus(p.name, "applied", p._applied_by))
         elif not p.matches_torch():
@@ -287,5 +338,5 @@ def format_status(rows: list[PatchStatus] | None = None) -> str:
 
 
 def _refresh_cache_key() -> None:
-    applied = [f"{p.name}@{p.fingerprint()}" for p in patches() if p.is_applied()]
+    applied = [f"{p.name}@{p.fingerprint()}" for p in patches() if p.is_pending() or p.is_applied()]
     cache_key.set_component("inductor_patches", "+".join(applied) or None)

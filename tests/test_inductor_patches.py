@@ -1,5 +1,8 @@
 """Registry, environment switch and cache key, on any torch version (patching a local class)."""
 
+import importlib
+import importlib.machinery
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +15,7 @@ from torch._dynamo.utils import counters
 
 import compile_ops
 import inductor_patches
-from inductor_patches import Patch, PatchWarning, Replacement, cache_key
+from inductor_patches import Patch, PatchWarning, Replacement, cache_key, import_hook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,7 +122,8 @@ def test_method_replaced_by_someone_else_is_refused(registered):
 def test_other_torch_version_is_inactive_and_says_so(registered):
     patch = registered(_patch(versions="<1.0"))
     assert patch.apply() is False and Target.__dict__["scale"] is ORIGINAL
-    (row,) = [r for r in inductor_patches.apply_configured({}) if r.name == patch.name]
+    inductor_patches.apply_configured({})
+    (row,) = [r for r in inductor_patches.status() if r.name == patch.name]
     assert row.state == "other torch version"
     assert "<1.0" in row.reason and torch.__version__ in row.reason
 
@@ -147,16 +151,19 @@ def test_env_switch_warns_on_unknown_names():
 
 def test_apply_configured_follows_defaults_and_env(registered):
     on, off = registered(_patch("on_patch")), registered(_patch("off_patch", default=False))
-    rows = {r.name: r for r in inductor_patches.apply_configured({})}
+    inductor_patches.apply_configured({})
+    rows = {r.name: r for r in inductor_patches.status()}
     assert rows["on_patch"] == ("on_patch", "applied", "on by default")
     assert rows["off_patch"] == ("off_patch", "off by default", "a test patch")
 
-    rows = {r.name: r for r in inductor_patches.apply_configured({"COMPILE_OPS_PATCHES": "0"})}
+    inductor_patches.apply_configured({"COMPILE_OPS_PATCHES": "0"})
+    rows = {r.name: r for r in inductor_patches.status()}
     assert not on.is_applied() and rows["on_patch"].state == "off by env"
     assert rows["on_patch"].reason == "COMPILE_OPS_PATCHES=0"
 
     env = {"COMPILE_OPS_PATCHES": "-on_patch,+off_patch"}
-    rows = {r.name: r for r in inductor_patches.apply_configured(env)}
+    inductor_patches.apply_configured(env)
+    rows = {r.name: r for r in inductor_patches.status()}
     assert off.is_applied() and not on.is_applied()
     assert rows["off_patch"] == (
         "off_patch",
@@ -223,21 +230,160 @@ def test_fx_graph_cache_misses_when_a_component_changes(tmp_path, monkeypatch, r
         cache_key.set_component("pkg", None)
 
 
-def test_import_compile_ops_applies_configured_patches():
-    code = (
-        "import compile_ops, inductor_patches, torch.compiler.config as c\n"
-        "print(inductor_patches.format_status())\n"
-        "print('TAG', c.cache_key_tag)\n"
+# ---------------------------------------------------------------- applied when Inductor loads
+
+
+@pytest.fixture
+def fresh_module(tmp_path, monkeypatch):
+    """``fresh_module(source)`` -> the name of a module not imported yet, defined by source."""
+    names = []
+
+    def make(source: str) -> str:
+        name = f"hooked_{os.urandom(4).hex()}"
+        (tmp_path / f"{name}.py").write_text(source)
+        names.append(name)
+        return name
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield make
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_when_imported_runs_after_the_first_import_and_leaves_no_trace(fresh_module):
+    name = fresh_module("VALUE = 1\n")
+    seen = []
+    inductor_patches.when_imported(name, lambda m: seen.append(m.VALUE))
+    assert seen == [] and import_hook.waiting(name)
+    module = importlib.import_module(name)
+    assert seen == [1] and not import_hook.waiting(name)
+    assert isinstance(module.__loader__, importlib.machinery.SourceFileLoader)  # the original
+    assert module.__spec__.loader is module.__loader__
+    inductor_patches.when_imported(name, lambda m: seen.append(m.VALUE + 1))  # already imported
+    assert seen == [1, 2]
+
+
+def test_a_failing_callback_warns_and_the_import_goes_on(fresh_module):
+    name = fresh_module("VALUE = 1\n")
+
+    def broken(module):
+        raise RuntimeError("boom")
+
+    inductor_patches.when_imported(name, broken)
+    with pytest.warns(inductor_patches.ImportHookWarning, match=r"broken.*RuntimeError: boom"):
+        assert importlib.import_module(name).VALUE == 1
+
+
+def test_patch_of_a_module_not_imported_yet_is_keyed_now_and_applied_on_import(
+    fresh_module, registered
+):
+    name = fresh_module("class Target:\n    def scale(self, x):\n        return 2 * x\n")
+    patch = registered(
+        Patch(
+            name="late",
+            summary="scale by 3",
+            torch_versions=">=2.0",
+            replacements=(Replacement(f"{name}.Target", "scale", ("self", "x"), _times_three),),
+            default=True,
+            default_reason="a test patch",
+        )
     )
-    env = {**os.environ, "COMPILE_OPS_PATCHES": "+realize_on_reuse", "PYTHONPATH": ROOT}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    row = next(line for line in out.splitlines() if line.startswith("realize_on_reuse"))
+    inductor_patches.apply_configured({})
+    assert name not in sys.modules and patch.is_pending()
+    # Anything compiled from now on is keyed with the patch, though its class is not loaded yet.
+    assert f"late@{patch.fingerprint()}" in compiler_config.cache_key_tag
+    assert importlib.import_module(name).Target().scale(5) == 15
+    assert patch.is_applied() and not patch.is_pending()
+    (row,) = [r for r in inductor_patches.status() if r.name == "late"]
+    assert row == ("late", "applied", "on by default")
+
+
+def test_status_imports_what_a_pending_patch_waits_for(fresh_module, registered):
+    name = fresh_module("class Target:\n    def scale(self, x):\n        return 2 * x\n")
+    patch = registered(
+        Patch(
+            name="late_status",
+            summary="scale by 3",
+            torch_versions=">=2.0",
+            replacements=(Replacement(f"{name}.Target", "scale", ("self", "x"), _times_three),),
+            default=False,
+            default_reason="a test patch",
+        )
+    )
+    inductor_patches.apply_configured({"COMPILE_OPS_PATCHES": "+late_status"})
+    assert name not in sys.modules
+    (row,) = [r for r in inductor_patches.status() if r.name == "late_status"]
+    assert row.state == "applied" and sys.modules[name].Target().scale(1) == 3
+    patch.revert()
+    assert sys.modules[name].Target().scale(1) == 2
+    assert "late_status@" not in compiler_config.cache_key_tag
+
+
+# A fresh process: what `import compile_ops` loads, keys and applies before the first compile.
+FRESH_PROCESS = """
+import json, sys
+import compile_ops, inductor_patches, torch, torch.compiler.config as config
+import torch.distributed as dist
+state = {
+    "inductor_loaded": sorted(m for m in sys.modules if m.startswith("torch._inductor.")
+                              and m.split(".")[2] in ("ir", "graph", "lowering", "fx_passes")),
+    "tag": config.cache_key_tag,
+}
+if sys.argv[1] == "compile":
+    from torch._inductor.utils import run_and_get_code
+    from inductor_patches.realize_on_reuse import decisions
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    def f(x, r):
+        s = x + r  # stored by realize_on_reuse, recomputed by torch 2.11's rule
+        return compile_ops.all_reduce(s * 2), s.sum(-1)
+    x, r = torch.randn(8, 8), torch.randn(8, 8)
+    _, codes = run_and_get_code(torch.compile(f, fullgraph=True), x, r)
+    state["inplace_all_reduces"] = sum(c.count("compile_ops.all_reduce_.default(") for c in codes)
+    state["decisions"] = decisions.counts()
+    dist.destroy_process_group()
+state["status"] = [list(row) for row in inductor_patches.status()]
+print(json.dumps(state))
+"""
+
+
+def _fresh_process(tmp_path, mode: str, patches: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "COMPILE_OPS_PATCHES"}
+    env.update(PYTHONPATH=ROOT, TORCHINDUCTOR_CACHE_DIR=str(tmp_path))
+    env.update(TORCHINDUCTOR_COMPILE_THREADS="1")
+    if patches is not None:
+        env["COMPILE_OPS_PATCHES"] = patches
+    run = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, mode], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_import_compile_ops_loads_no_inductor_yet_patches_and_reinplaces_the_first_compile(
+    tmp_path,
+):
     patch = inductor_patches.get("realize_on_reuse")
-    if patch.matches_torch():
-        assert "applied" in row and "on by COMPILE_OPS_PATCHES=+realize_on_reuse" in row
-        assert f"realize_on_reuse@{patch.fingerprint()}" in out
+    state = _fresh_process(tmp_path, "compile")
+    assert state["inductor_loaded"] == []
+    assert f"compile_ops={compile_ops.__version__}" in state["tag"]
+    assert state["inplace_all_reduces"] == 1
+    (row,) = [r for r in state["status"] if r[0] == "realize_on_reuse"]
+    if patch.matches_torch() and patch.default:
+        assert f"realize_on_reuse@{patch.fingerprint()}" in state["tag"]  # before any compile
+        assert row[1:] == ["applied", "on by default"]
+        assert state["decisions"] == {"bytes:realize": 1}
+    elif patch.matches_torch():
+        assert row[1] == "off by default" and state["decisions"] == {}
     else:
-        assert "other torch version" in row
-    assert f"compile_ops={compile_ops.__version__}" in out.split("TAG", 1)[1]
+        assert "inductor_patches=" not in state["tag"] and row[1] == "other torch version"
+        assert state["decisions"] == {}
+
+
+def test_import_compile_ops_leaves_a_patch_switched_off_out(tmp_path):
+    state = _fresh_process(tmp_path, "status", patches="-realize_on_reuse")
+    assert "inductor_patches=" not in state["tag"]
+    (row,) = [r for r in state["status"] if r[0] == "realize_on_reuse"]
+    if inductor_patches.get("realize_on_reuse").matches_torch():
+        assert row[1:] == ["off by env", "COMPILE_OPS_PATCHES=-realize_on_reuse"]
+    else:
+        assert row[1] == "other torch version"

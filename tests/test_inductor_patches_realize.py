@@ -5,9 +5,6 @@ The decisions are properties of lowering, not of the device: the stored buffers 
 per RMSNorm kernel seen here in C++ kernels are the ones Triton kernels get on a GPU.
 """
 
-import os
-import sys
-
 import pytest
 import torch
 from hypothesis import given
@@ -19,11 +16,8 @@ from torch._inductor.virtualized import V
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import inductor_patches
+from compile_ops.testing import codegen, realize_panel
 from inductor_patches.realize_on_reuse import decisions
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-import realize_codegen
-import realize_panel
 
 PATCH = inductor_patches.get("realize_on_reuse")
 needs_patched_torch = pytest.mark.skipif(
@@ -356,8 +350,8 @@ SINGLE_BLOCKS = [name for name in realize_panel.PANEL if name != "decoder_stack"
 def test_single_blocks_keep_their_kernels(name):
     """Blocks without a reused full-size value compile exactly as without the patch."""
     on, off = compiled(name, True), compiled(name, False)
-    assert [realize_codegen.kernel_launches(c) for c in on[2]] == [
-        realize_codegen.kernel_launches(c) for c in off[2]
+    assert [codegen.kernel_launches(c) for c in on[2]] == [
+        codegen.kernel_launches(c) for c in off[2]
     ]
     assert sum(on[3].values()) > 0  # the rule was asked, and decided the same as torch
 
@@ -366,14 +360,14 @@ def test_single_blocks_keep_their_kernels(name):
 def test_decoder_stack_stores_each_residual_once():
     layers = SIZES.layers
     on, off = compiled("decoder_stack", True), compiled("decoder_stack", False)
-    loads_on, loads_off = realize_codegen.norm_loads(on[2]), realize_codegen.norm_loads(off[2])
+    loads_on, loads_off = codegen.norm_loads(on[2]), codegen.norm_loads(off[2])
     assert len(loads_on) == len(loads_off) == 2 * layers + 1
     # Each norm reads its input, the stored residual and its weight; the first one has no
     # residual yet; without the patch the residual's add chain is recomputed, growing with depth.
     assert max(loads_on) == 3 and max(loads_off) > 3
     assert on[3]["narrow_copy:realize"] == 2 * layers - 1
-    launches_on = [k for c in on[2] for k in realize_codegen.kernel_launches(c)]
-    launches_off = [k for c in off[2] for k in realize_codegen.kernel_launches(c)]
+    launches_on = [k for c in on[2] for k in codegen.kernel_launches(c)]
+    launches_off = [k for c in off[2] for k in codegen.kernel_launches(c)]
     assert len(launches_on) == len(launches_off)  # stored inside the norm kernels: no new kernels
 
 
@@ -401,7 +395,7 @@ def test_fx_graph_cache_never_crosses_patch_sets(tmp_path, monkeypatch, unpatche
             counters["inductor"]["fxgraph_cache_hit"]
             + counters["aot_autograd"]["autograd_cache_hit"]
         )
-        return out, hit > 0, realize_codegen.norm_loads(codes)
+        return out, hit > 0, codegen.norm_loads(codes)
 
     with (
         torch._inductor.config.patch(fx_graph_cache=True, compile_threads=1),
@@ -439,7 +433,7 @@ def test_32_layer_stack_stores_each_residual_once(patched):
         module, (x,) = case.module(sizes), case.inputs(sizes, TOKENS)
         out, codes = run_and_get_code(torch.compile(module, fullgraph=True), x)
         torch.testing.assert_close(out, module(x), **BF16_4ULP)
-    loads = realize_codegen.norm_loads(codes)
+    loads = codegen.norm_loads(codes)
     assert len(loads) == 65 and max(loads) == 3
     assert decisions.counts()["narrow_copy:realize"] == 63
 

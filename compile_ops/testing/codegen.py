@@ -1,6 +1,7 @@
-"""Read Inductor's generated wrapper code: which kernels run, and how many buffers each one
-loads and stores. Works for the C++ (CPU) and Triton (GPU) backends, so the same property,
-e.g. "every RMSNorm kernel loads 2 activations", is checked on CPU and measured on GPU.
+"""Read Inductor's generated wrapper code (``torch._inductor.utils.run_and_get_code``): which
+kernels run, and how many buffers each one loads and stores. Works for the C++ (CPU) and Triton
+(GPU) backends, so the same property, e.g. "every RMSNorm kernel loads 2 activations", is checked
+on CPU and measured on GPU.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 storing a reused value and recomputing it, and a decoder stack where that choice compounds.
 
 Used by ``benchmarks/realize_on_reuse.py`` (LLM sizes on a GPU) and by the tests (tiny sizes on
-CPU: the patch's decisions depend on byte ratios, not on absolute sizes).
+CPU: the patch's decisions depend on byte ratios, not on absolute sizes). Importing this module
+defines the ``realize_panel::attention`` custom op.
 """
 
 from __future__ import annotations
