@@ -314,7 +314,7 @@ def _meta(opts: dict, n: int, backend: str) -> dict:
 def main(argv=None, run=None) -> int:
     """``run(decode_rank, opts)`` runs on every rank and returns their results; by default on a
     fresh pool of --world-size ranks (a test passes its own)."""
-    from compile_ops.check import _default_backend
+    from compile_ops.cli.world import default_backend
     from compile_ops.testing.pool import WorkerPool
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -341,7 +341,7 @@ def main(argv=None, run=None) -> int:
     args = parser.parse_args(argv)
     opts = _options(args)
     n = args.world_size
-    backend = "gloo" if args.device == "cpu" else _default_backend()
+    backend = "gloo" if args.device == "cpu" else default_backend()
     if backend != "gloo" and n > torch.accelerator.device_count():
         raise SystemExit(f"--world-size {n}: only {torch.accelerator.device_count()} devices")
     pool = None if run else WorkerPool(n, backend).start()

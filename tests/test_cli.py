@@ -12,7 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jsonschema
 import pytest
 import torch
 
@@ -24,6 +23,9 @@ from compile_ops.cli.outcome import Job, Outcome
 from compile_ops.cli.schema import SCHEMA
 from compile_ops.cli.tables import Progress
 from fake_impls.audit import DATA_DEPENDENT, FALLBACK, audit, fake_kernel
+
+# In the test extra; a machine without it (the GPU runner) skips this file instead of failing.
+jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[1]
 aten = torch.ops.aten

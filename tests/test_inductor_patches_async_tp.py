@@ -18,7 +18,6 @@ the sequence-parallel tests still run.
 import patch_workers
 import pytest
 import torch
-from conftest import gpu_count
 
 import inductor_patches
 from compile_ops.testing.pool import WorkerError, WorkerPool, get_pool
@@ -88,8 +87,7 @@ def test_sequence_parallel_block_patch_on_off_cpu(collectives):
 
 
 @pytest.mark.parametrize("collectives", sorted(COLLECTIVES))
-@pytest.mark.gpu
-@pytest.mark.skipif(gpu_count() < 2, reason="needs 2 CUDA GPUs and NCCL")
+@pytest.mark.gpu(devices=2)
 def test_sequence_parallel_block_patch_on_off(nccl_world, collectives):
     results = nccl_world.run(
         patch_workers.sequence_parallel_patch_on_off,
@@ -105,8 +103,7 @@ def test_sequence_parallel_block_patch_on_off(nccl_world, collectives):
         assert counts[op] == 2 * LAYERS, counts  # one all_gather, one reduce_scatter a sublayer
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(gpu_count() < 2, reason="needs 2 CUDA GPUs and NCCL")
+@pytest.mark.gpu(devices=2)
 def test_async_tp_pass_fires_with_patch_on_and_off(nccl_world):
     try:
         nccl_world.run(patch_workers.symmetric_memory_probe, 64, 256)

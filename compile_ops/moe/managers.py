@@ -286,11 +286,15 @@ class CapacityAllToAllManager(All2AllManager):
         n, per_peer = self.comm.size, self.capacity.per_peer
         wanted = self.owners[topk_ids].any(dim=1)  # [T, n]: rank r gets token t
         self.capacity.check(self.comm, x, sends=wanted.sum(0))
-        running = wanted.cumsum(0)  # [T, n]: tokens for rank r among rows 0..t
+        # [n, T]: tokens for rank r among rows 0..t. Summed along dim 1 of the transpose, so the
+        # result is a buffer of its own: Inductor's searchsorted lowering (torch 2.11, CUDA)
+        # cannot read its sorted sequence through a permuted view.
+        running_by_rank = wanted.t().cumsum(1)
+        running = running_by_rank.t()  # [T, n]
         # Slot j of rank r's buffer holds the row where rank r's count reaches j + 1; where it
         # never does, row T: padding.
         slots = torch.arange(1, per_peer + 1, device=x.device).repeat(n, 1)
-        rows = torch.searchsorted(running.t().contiguous(), slots).reshape(-1)
+        rows = torch.searchsorted(running_by_rank, slots).reshape(-1)
         wire = _wire(x, _pack_routing(topk_ids, topk_weights))
         wire = torch.cat([wire, _padding_rows(1, x, topk_ids.shape[1])])
         splits = [per_peer] * n
