@@ -239,6 +239,7 @@ def collective_samples(group: dist.ProcessGroup) -> dict[str, list[Sample]]:
         "all_reduce_": [((x.clone(), "sum", name), {})],
         "broadcast": [((x, 0, name), {})],
         "broadcast_": [((x.clone(), 0, name), {})],
+        "broadcast_backward": [((x, 0, name), {})],
         "all_gather": [((x, 0, n, name), {}), ((x, 1, n, name), {})],
         "all_gather.out": [((x, 0, n, name), out(2 * n * n, 3))],
         "all_gatherv": [((mine, sizes, 0, name), {})],
