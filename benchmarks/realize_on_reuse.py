@@ -235,7 +235,8 @@ def compile_ways(name, sizes, tokens, ways) -> tuple[dict, dict, dict]:
 
 
 def code_hash(rec: Recorder) -> str:
-    return hashlib.sha256("\n".join(rec.codes).encode()).hexdigest()[:16]
+    text = "\n".join(codegen.comparable(code) for code in rec.codes)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def time_ways(compiled: dict, inputs: tuple, device: str, args) -> dict:

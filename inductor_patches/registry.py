@@ -290,7 +290,10 @@ def apply_configured(env: Mapping[str, str] | None = None) -> None:
                     f"{patch.torch_versions}; running {torch.__version__}, not applied"
                 )
             continue
-        why = f"on by {ENV_VAR}={_env_value}" if patch.name in _switches else "on by default"
+        if patch.name in _switches:
+            why = f"on by {ENV_VAR}={_env_value}"
+        else:
+            why = f"on by default: {patch.default_reason}"
         patch.apply_when_imported(why=why)
 
 

@@ -148,6 +148,29 @@ def test_check_prints_each_row_before_the_next_job_runs(monkeypatch):
     assert "\r" not in err.getvalue()
 
 
+class _Stuck(RuntimeError):
+    def __init__(self, message):
+        super().__init__(message)
+        self.failures = {0: "Traceback ...\nrank 0 gave no answer within 300s (deadlock or crash?)"}
+
+
+class _FlakyWorld(_ScriptedWorld):
+    def run(self, fn, *args):
+        if args == (1,):
+            raise _Stuck("check_case failed on ranks [0]:")
+        return super().run(fn, *args)
+
+
+def test_a_rank_that_does_not_answer_fails_its_row_not_the_run(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    jobs = [Job("collectives", f"case{i}", _ok, (i,)) for i in range(3)]
+    rows = run_jobs(_FlakyWorld(out), jobs, Progress(0, "check", stream=io.StringIO()))
+    assert [r.ok for r in rows] == [True, False, True]
+    assert rows[1].error == "rank 0 gave no answer within 300s (deadlock or crash?)"
+    assert "case1" in out.getvalue() and "case2" in out.getvalue()
+
+
 def test_progress_on_a_terminal_is_one_line_rewritten():
     class Terminal(io.StringIO):
         def isatty(self):

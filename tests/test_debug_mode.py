@@ -67,7 +67,9 @@ def test_mismatch_raises_the_same_clear_error_on_every_rank_eager(world, n, case
 
 
 @pytest.mark.parametrize("n", [2, 3])
-@pytest.mark.parametrize("case", ["split_sizes", "dtype", "reduce_op", "gatherv_extent"])
+@pytest.mark.parametrize(
+    "case", ["split_sizes", "reduce_op", "dim", "shape", "dtype", "gatherv_extent"]
+)
 def test_mismatch_raises_the_same_clear_error_on_every_rank_compiled(world, n, case):
     _check_every_rank(world(n).run(dw.mismatch, case, True, timeout=120), case, n)
 

@@ -153,7 +153,7 @@ def test_apply_configured_follows_defaults_and_env(registered):
     on, off = registered(_patch("on_patch")), registered(_patch("off_patch", default=False))
     inductor_patches.apply_configured({})
     rows = {r.name: r for r in inductor_patches.status()}
-    assert rows["on_patch"] == ("on_patch", "applied", "on by default")
+    assert rows["on_patch"] == ("on_patch", "applied", "on by default: a test patch")
     assert rows["off_patch"] == ("off_patch", "off by default", "a test patch")
 
     inductor_patches.apply_configured({"COMPILE_OPS_PATCHES": "0"})
@@ -295,7 +295,7 @@ def test_patch_of_a_module_not_imported_yet_is_keyed_now_and_applied_on_import(
     assert importlib.import_module(name).Target().scale(5) == 15
     assert patch.is_applied() and not patch.is_pending()
     (row,) = [r for r in inductor_patches.status() if r.name == "late"]
-    assert row == ("late", "applied", "on by default")
+    assert row == ("late", "applied", "on by default: a test patch")
 
 
 def test_status_imports_what_a_pending_patch_waits_for(fresh_module, registered):
@@ -370,7 +370,7 @@ def test_import_compile_ops_loads_no_inductor_yet_patches_and_reinplaces_the_fir
     (row,) = [r for r in state["status"] if r[0] == "realize_on_reuse"]
     if patch.matches_torch() and patch.default:
         assert f"realize_on_reuse@{patch.fingerprint()}" in state["tag"]  # before any compile
-        assert row[1:] == ["applied", "on by default"]
+        assert row[1:] == ["applied", f"on by default: {patch.default_reason}"]
         assert state["decisions"] == {"bytes:realize": 1}
     elif patch.matches_torch():
         assert row[1] == "off by default" and state["decisions"] == {}

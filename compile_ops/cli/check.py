@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from compile_ops.testing.cases import OPS
 
@@ -105,8 +106,7 @@ def run_jobs(
     for job in jobs:
         if progress:
             progress.status(f"{job.section} {job.name}")
-        per_rank = world.run(job.fn, *job.args)
-        row = Row.from_ranks(job.section, job.name, world.size, world.backend, per_rank)
+        row = _run_job(world, job)
         rows.append(row)
         if progress:
             progress.step()
@@ -115,6 +115,22 @@ def run_jobs(
     if progress:
         progress.clear()
     return rows
+
+
+def _run_job(world: worlds.World, job: Job) -> Row:
+    """The job's row; a rank that dies or does not answer in time fails the row, not the run
+    (the next job starts the ranks afresh)."""
+    start = time.perf_counter()
+    try:
+        per_rank = world.run(job.fn, *job.args)
+    except Exception as e:
+        why = sorted({t.strip().splitlines()[-1] for t in getattr(e, "failures", {}).values()})
+        error = "; ".join(why) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        elapsed = time.perf_counter() - start
+        return Row(
+            job.section, job.name, world.size, world.backend, False, False, -1, elapsed, error
+        )
+    return Row.from_ranks(job.section, job.name, world.size, world.backend, per_rank)
 
 
 def report_json(rows: list[Row], world: worlds.World) -> dict:

@@ -229,7 +229,9 @@ class CapacityNaiveManager(All2AllManager):
     name = "naive"
     output_is_reduced = False
 
-    def __init__(self, layout, experts, device, capacity: Capacity) -> None:
+    def __init__(
+        self, layout: Layout, experts: int, device: torch.device | str, capacity: Capacity
+    ) -> None:
         super().__init__(layout, experts, device)
         self.capacity = capacity
         capacity.agree(self.comm, torch.device(device))
@@ -274,7 +276,9 @@ class CapacityAllToAllManager(All2AllManager):
     name = "all_to_all"
     output_is_reduced = True
 
-    def __init__(self, layout, experts, device, capacity: Capacity) -> None:
+    def __init__(
+        self, layout: Layout, experts: int, device: torch.device | str, capacity: Capacity
+    ) -> None:
         super().__init__(layout, experts, device)
         self.capacity = capacity
         capacity.agree(self.comm, torch.device(device))

@@ -12,8 +12,6 @@
 Importing this package defines the ops. Shape rules and fakes live in ``fake_impls.collectives``.
 """
 
-import functools
-
 import torch
 
 from fake_impls.audit import set_collective_samples
@@ -27,7 +25,12 @@ __all__ = ["REDUCE_OPS", "SPECS", "OpSpec", "opcheck_samples"]
 
 _library = torch.library.Library(register.NAMESPACE, "DEF")
 register.register(_library, SPECS.values())
-from . import autograd  # noqa: E402, F401  (registers on the ops just defined)
+from . import autograd  # noqa: E402  (registers on the ops just defined)
+
 
 # `compile-ops audit compile_ops` runs opcheck on the rows' samples.
-set_collective_samples(functools.partial(opcheck_samples, SPECS.values()))
+def _samples(group):
+    return {**opcheck_samples(SPECS.values(), group), **autograd.opcheck_samples(group)}
+
+
+set_collective_samples(_samples)

@@ -238,6 +238,18 @@ def _register(lib: torch.library.Library) -> None:
         lib.impl(spec.twin_name, _twin_autograd(spec.twin_name, mutated), "Autograd")
 
 
+def opcheck_samples(group: dist.ProcessGroup) -> dict[str, list]:
+    """opcheck inputs for ``broadcast_backward``, the one op defined here rather than by a spec."""
+    grad = torch.randn(2 * group.size(), 3, generator=torch.Generator().manual_seed(group.rank()))
+    device = "cpu" if "cpu" in {d.type for d in group._device_types} else None
+    device = device or torch.accelerator.current_accelerator().type
+    return {
+        "broadcast_backward": [
+            ((grad.to(device), dist.get_global_rank(group, 0), group.group_name), {})
+        ]
+    }
+
+
 _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
 _register(_lib)
 

@@ -56,3 +56,9 @@ def kernel_launches(code: str) -> list[KernelLaunch]:
 def norm_loads(codes: list[str]) -> list[int]:
     """Buffers loaded by each RMSNorm kernel, in order, across all compiled graphs."""
     return [k.loads for code in codes for k in kernel_launches(code) if k.is_norm]
+
+
+def comparable(code: str) -> str:
+    """The code without what differs between two compilations of the same graph (the AOT id),
+    so that equal strings mean the same kernels, launched the same way."""
+    return re.sub(r"^# AOT ID: .*$", "", code, flags=re.M)

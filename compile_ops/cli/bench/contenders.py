@@ -142,6 +142,8 @@ def process_group_all_reduce(group: dist.ProcessGroup) -> Callable[[torch.Tensor
 
 def _clone_and_all_reduce(x: torch.Tensor, group_name: str) -> torch.Tensor:
     out = x.clone()
+    # torch's own name -> group lookup, the one its functional collectives use: the reference
+    # pays what funcol pays, not our alias resolution.
     dist.all_reduce(out, group=dist.distributed_c10d._resolve_process_group(group_name))
     return out
 
