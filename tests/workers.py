@@ -4,7 +4,7 @@ import torch
 import torch.distributed as dist
 
 import compile_ops
-from compile_ops.ops import SPECS, opcheck_samples
+from compile_ops.ops import SPECS, autograd, opcheck_samples
 
 
 def raises(fn, *args, **kwargs):
@@ -29,7 +29,9 @@ def op_samples(device: str = "cpu"):
     """(overload, args, kwargs) for every sample of every compile_ops overload (from the spec
     table), valid on this rank's world."""
     ops = torch.ops.compile_ops
-    samples = opcheck_samples(SPECS.values(), dist.group.WORLD, device)
+    world = dist.group.WORLD
+    # broadcast_backward (the adjoint of broadcast) is the one op defined outside the spec table.
+    samples = {**opcheck_samples(SPECS.values(), world, device), **autograd.opcheck_samples(world)}
     return [
         (getattr(getattr(ops, op), overload or "default"), args, kwargs)
         for name, per_overload in samples.items()
