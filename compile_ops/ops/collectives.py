@@ -26,6 +26,7 @@ __all__ = [
     "all_reduce",
     "all_to_all",
     "broadcast",
+    "gather",
     "reduce_scatter",
     "reduce_scatterv",
 ]
@@ -158,6 +159,39 @@ ALL_GATHERV = OpSpec(
         (rand(_rising(g)[g.rank()], 3), _rising(g), 0, g.group_name),
     ],
     reference=_concatenated,
+)
+
+
+# -- gather ---------------------------------------------------------------------------------------
+
+
+def gather(x: torch.Tensor, dim: int = 0, dst: int = 0, group: GroupLike = None) -> torch.Tensor:
+    """Concatenate every rank's ``x`` (all the same shape) along ``dim`` on rank ``dst`` (a global
+    rank, as in torch.distributed); every other rank gets an empty tensor (extent 0 along ``dim``).
+    """
+    pg = resolve_group(group, "gather")
+    return ops.gather(x, dim, dst, pg.size(), dist.get_rank(), pg.group_name)
+
+
+def _gathered(xs: Tensors, calls: Calls) -> list[torch.Tensor]:
+    dim, dst = calls[0]["dim"], calls[0]["dst"]
+    whole = torch.cat(list(xs), dim=dim)
+    return [whole.clone() if r == dst else whole.narrow(dim, 0, 0).clone() for r in range(len(xs))]
+
+
+GATHER = OpSpec(
+    "gather",
+    "(Tensor x, int dim, int dst, int group_size, int rank, str group_name) -> Tensor",
+    shape=shapes.gather_shape,
+    kernel=kernels.gather,
+    twin="out",
+    wrapper=gather,
+    params=("dim", "dst"),
+    samples=lambda g, rand: [
+        (rand(2, 3), dim, dist.get_global_rank(g, root), g.size(), dist.get_rank(), g.group_name)
+        for dim, root in ((0, 0), (1, g.size() - 1))
+    ],
+    reference=_gathered,
 )
 
 
@@ -295,5 +329,6 @@ SPECS: dict[str, OpSpec] = {
         REDUCE_SCATTER,
         REDUCE_SCATTERV,
         ALL_TO_ALL,
+        GATHER,
     )
 }
