@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from fake_impls import collectives as shapes
+from fake_impls.collectives import REDUCE_OPS
 
 from ..groups import GroupError, GroupLike, resolve_group
 from . import kernels
@@ -33,6 +34,8 @@ __all__ = [
 
 ops = torch.ops.compile_ops
 Tensors = Sequence[torch.Tensor]
+# A reduction: one of REDUCE_OPS, or torch.distributed's ReduceOp (dist.ReduceOp.SUM, ...).
+ReduceOpLike = str | dist.ReduceOp | dist.ReduceOp.RedOpType
 
 
 def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: str) -> None:
@@ -40,6 +43,23 @@ def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: s
         raise GroupError(
             f"compile_ops.{op}: len({name}) is {len(sizes)} but the group has {pg.size()} ranks"
         )
+
+
+def _reduce_op(op: ReduceOpLike, fn: str) -> str:
+    """``op`` as the ops spell it: a string as given, a ``ReduceOp`` by its lower-case name.
+
+    A ReduceOp the ops lack (BAND, PREMUL_SUM, ...) becomes ``"ReduceOp.<NAME>"``, which the
+    shape rule rejects with the list of supported reductions.
+    """
+    if isinstance(op, str):
+        return op
+    name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
+    if not isinstance(name, str):
+        raise TypeError(
+            f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
+            f"got {type(op).__name__}"
+        )
+    return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
 
 
 def _reduced(inputs: Tensors, op: str) -> torch.Tensor:
@@ -61,10 +81,10 @@ def _reduced(inputs: Tensors, op: str) -> torch.Tensor:
 # -- all_reduce -----------------------------------------------------------------------------------
 
 
-def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
+def all_reduce(x: torch.Tensor, op: ReduceOpLike = "sum", group: GroupLike = None) -> torch.Tensor:
     """Reduce ``x`` over the group; every rank gets the result in a new tensor."""
     pg = resolve_group(group, "all_reduce")
-    return ops.all_reduce(x, op, pg.group_name)
+    return ops.all_reduce(x, _reduce_op(op, "all_reduce"), pg.group_name)
 
 
 ALL_REDUCE = OpSpec(
@@ -199,11 +219,11 @@ GATHER = OpSpec(
 
 
 def reduce_scatter(
-    x: torch.Tensor, dim: int = 0, op: str = "sum", group: GroupLike = None
+    x: torch.Tensor, dim: int = 0, op: ReduceOpLike = "sum", group: GroupLike = None
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's equal slice along ``dim``."""
     pg = resolve_group(group, "reduce_scatter")
-    return ops.reduce_scatter(x, dim, op, pg.size(), pg.group_name)
+    return ops.reduce_scatter(x, dim, _reduce_op(op, "reduce_scatter"), pg.size(), pg.group_name)
 
 
 def _scattered(xs: Tensors, sizes: Sequence[int], call: dict) -> list[torch.Tensor]:
@@ -232,11 +252,16 @@ REDUCE_SCATTER = OpSpec(
 
 
 def reduce_scatterv(
-    x: torch.Tensor, sizes: Sequence[int], dim: int = 0, op: str = "sum", group: GroupLike = None
+    x: torch.Tensor,
+    sizes: Sequence[int],
+    dim: int = 0,
+    op: ReduceOpLike = "sum",
+    group: GroupLike = None,
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's ``sizes[rank]`` slices along ``dim``."""
     pg = resolve_group(group, "reduce_scatterv")
     _check_one_per_rank("reduce_scatterv", pg, sizes, "sizes")
+    op = _reduce_op(op, "reduce_scatterv")
     return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), pg.group_name)
 
 
@@ -261,13 +286,13 @@ REDUCE_SCATTERV = OpSpec(
 
 def all_to_all(
     x: torch.Tensor,
-    output_split_sizes: Sequence[int] | None,
-    input_split_sizes: Sequence[int] | None,
+    output_split_sizes: Sequence[int] | None = None,
+    input_split_sizes: Sequence[int] | None = None,
     group: GroupLike = None,
 ) -> torch.Tensor:
     """Send ``input_split_sizes[r]`` rows of ``x`` to rank r; receive ``output_split_sizes[r]``.
 
-    ``None`` for both means equal splits of dim 0 (as in ``all_to_all_single``).
+    ``None`` for both (the default) means equal splits of dim 0 (as in ``all_to_all_single``).
     """
     pg = resolve_group(group, "all_to_all")
     if output_split_sizes is None and input_split_sizes is None:
