@@ -147,6 +147,17 @@ def all_to_all_shape(
     return _with_extent(x, 0, sum(output_split_sizes))
 
 
+def gather_shape(x: torch.Tensor, dim: int, dst: int, group_size: int, rank: int) -> list[SymInt]:
+    """Every rank's ``x`` along ``dim`` on global rank ``dst``; an empty slice on the others.
+
+    ``rank`` is this process's global rank: the shape depends on it, so it is an argument.
+    """
+    _check_group_size("gather", group_size)
+    _check(dst >= 0, "gather", f"dst={dst} must be a non-negative global rank")
+    dim = normalize_dim("gather", x, dim)
+    return _with_extent(x, dim, x.shape[dim] * group_size if rank == dst else 0)
+
+
 def check_out(op: str, out: torch.Tensor, x: torch.Tensor, shape: Sequence[SymInt]) -> None:
     _check(out.dtype == x.dtype, op, f"out.dtype={out.dtype} differs from x.dtype={x.dtype}")
     _check(out.device == x.device, op, f"out is on {out.device} but x is on {x.device}")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.distributed as dist
+import workers
 
 import compile_ops
 from compile_ops.ops import SPECS
@@ -147,3 +148,69 @@ def test_tp_and_ep_subgroups_in_one_world():
     for compiled, eager in results:
         torch.testing.assert_close(eager, expected)
         torch.testing.assert_close(compiled, expected)
+
+
+# -- arguments as torch.distributed and funcol spell them ----------------------------------------
+
+REDUCE_OP_VALUES = ("SUM", "AVG", "PRODUCT", "MIN", "MAX")
+
+
+def _reduce_op_values():
+    """Each reduction given as a torch.distributed.ReduceOp, eager and compiled, next to the
+    same reduction given as a string; then the ReduceOps the ops do not support."""
+    n, rank = dist.get_world_size(), dist.get_rank()
+    x = torch.arange(2.0 * n * 3).view(2 * n, 3) / 4 + rank
+    calls = {
+        "all_reduce": lambda t, op: compile_ops.all_reduce(t, op),
+        "reduce_scatter": lambda t, op: compile_ops.reduce_scatter(t, 0, op),
+        "reduce_scatterv": lambda t, op: compile_ops.reduce_scatterv(t, [2] * n, op=op),
+    }
+    ops = [getattr(dist.ReduceOp, name) for name in REDUCE_OP_VALUES]
+    ops.append(dist.ReduceOp(dist.ReduceOp.MAX))  # a ReduceOp object, not the enum value
+
+    def every(t, ops):
+        return [call(t, op) for call in calls.values() for op in ops]
+
+    strings = every(x, [str(getattr(op, "op", op).name).lower() for op in ops])
+    eager = every(x, ops)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: every(t, ops), backend="aot_eager", fullgraph=True)(x)
+    refused = [
+        workers.raises(compile_ops.all_reduce, x, dist.ReduceOp.BAND),
+        workers.raises(compile_ops.reduce_scatter, x, 0, dist.ReduceOp.PREMUL_SUM),
+        workers.raises(compile_ops.all_reduce, x, 3),
+    ]
+    return strings, eager, compiled, refused
+
+
+def test_reduce_op_values_are_accepted(world):
+    for strings, eager, compiled, refused in world(2).run(_reduce_op_values):
+        for want, got_eager, got_compiled in zip(strings, eager, compiled, strict=True):
+            torch.testing.assert_close(got_eager, want, rtol=0, atol=0)
+            torch.testing.assert_close(got_compiled, want, rtol=0, atol=0)
+        band, premul, integer = refused
+        assert band[0] == "ValueError" and "compile_ops.all_reduce: op='ReduceOp.BAND'" in band[1]
+        assert premul[0] == "ValueError" and "reduce_scatter: op='ReduceOp.PREMUL_SUM'" in premul[1]
+        assert integer[0] == "TypeError" and "compile_ops.all_reduce: op must be" in integer[1]
+
+
+def _all_to_all_default_splits():
+    """all_to_all(x) and all_to_all(x, group=...) split dim 0 equally, eager and compiled."""
+    rank = dist.get_rank()
+    x = torch.arange(12.0).view(6, 2) + 100 * rank
+
+    def fn(t):
+        return compile_ops.all_to_all(t), compile_ops.all_to_all(t, group=dist.group.WORLD)
+
+    torch._dynamo.reset()
+    return x, fn(x), torch.compile(fn, backend="aot_eager", fullgraph=True)(x)
+
+
+def test_all_to_all_splits_default_to_equal(world):
+    from compile_ops.testing.reference import expected
+
+    results = world(3).run(_all_to_all_default_splits)
+    want = expected("all_to_all", [x for x, _, _ in results])
+    for rank, (_, eager, compiled) in enumerate(results):
+        for got in (*eager, *compiled):
+            torch.testing.assert_close(got, want[rank], rtol=0, atol=0)

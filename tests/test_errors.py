@@ -19,6 +19,8 @@ EXPECTED = {
     "bad_dim": ("ValueError", ["all_gather", "dim=2"]),
     "scalar": ("ValueError", ["all_gather", "at least one dimension"]),
     "bad_src": ("GroupError", ["broadcast", "src="]),
+    "gather_dst": ("GroupError", ["gather", "dst=", "not a member"]),
+    "gather_dim": ("ValueError", ["gather", "dim=-3"]),
     "out_shape": ("ValueError", ["all_gather", "out.shape"]),
     "group_size": ("GroupError", ["all_gather", "group_size"]),
 }

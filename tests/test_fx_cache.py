@@ -14,10 +14,9 @@ def fresh_cache_world(tmp_path_factory):
     pool.close()
 
 
-def test_reduce_scatterv_shape_is_right_on_every_rank_with_a_shared_cache(fresh_cache_world):
-    for shapes, expected, hits, misses in fresh_cache_world.run(
-        workers.compile_first_on, "ours", 1
-    ):
+@pytest.mark.parametrize("op", ["reduce_scatterv", "gather"])
+def test_rank_dependent_shape_is_right_on_every_rank_with_a_shared_cache(fresh_cache_world, op):
+    for shapes, expected, hits, misses in fresh_cache_world.run(workers.compile_first_on, op, 1):
         assert shapes == [expected, expected]
         assert hits >= 1, "the second compilation should come from the FX graph cache"
         assert misses >= 1

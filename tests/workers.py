@@ -189,6 +189,8 @@ def bad_calls():
         "bad_dim": lambda: compile_ops.all_gather(ok, dim=2),
         "scalar": lambda: compile_ops.all_gather(torch.tensor(1.0)),
         "bad_src": lambda: compile_ops.broadcast(ok, src=n),
+        "gather_dst": lambda: compile_ops.gather(ok, dst=n),
+        "gather_dim": lambda: compile_ops.gather(ok, dim=-3),
         "out_shape": lambda: torch.ops.compile_ops.all_gather.out(
             ok, 0, n, dist.group.WORLD.group_name, out=torch.empty(1)
         ),
@@ -251,20 +253,25 @@ def compile_first_on(variant: str, first: int):
 
     from torch._dynamo.utils import counters
 
-    rank = dist.get_rank()
-    sizes = [1, 2, 3][: dist.get_world_size()]
+    rank, n = dist.get_rank(), dist.get_world_size()
+    sizes = [1, 2, 3][:n]
+    x, expected = torch.ones(sum(sizes), 4), (sizes[rank], 4)
     if variant == "naive":
         op = define_naive_reduce_scatterv()
         group = dist.group.WORLD.group_name
 
         def fn(x):
             return op(x * 2, sizes, group) + 1
+    elif variant == "gather":  # the whole gather on rank `first`, nothing elsewhere
+        x, expected = torch.ones(2, 4), (2 * n if rank == first else 0, 4)
+
+        def fn(x):
+            return compile_ops.gather(x * 2, dst=first) + 1
     else:
 
         def fn(x):
             return compile_ops.reduce_scatterv(x * 2, sizes) + 1
 
-    x = torch.ones(sum(sizes), 4)
     counters.clear()
     before = _fx_cache_entries()
     dist.barrier()
@@ -281,4 +288,4 @@ def compile_first_on(variant: str, first: int):
             shapes.append(f"AssertionError: {str(e).splitlines()[0]}")
     hits = counters["inductor"]["fxgraph_cache_hit"]
     misses = counters["inductor"]["fxgraph_cache_miss"]
-    return shapes, (sizes[rank], 4), hits, misses
+    return shapes, expected, hits, misses

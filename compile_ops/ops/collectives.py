@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from fake_impls import collectives as shapes
+from fake_impls.collectives import REDUCE_OPS
 
 from ..groups import GroupError, GroupLike, group_and_name
 from . import kernels
@@ -27,12 +28,15 @@ __all__ = [
     "all_reduce",
     "all_to_all",
     "broadcast",
+    "gather",
     "reduce_scatter",
     "reduce_scatterv",
 ]
 
 ops = torch.ops.compile_ops
 Tensors = Sequence[torch.Tensor]
+# A reduction: one of REDUCE_OPS, or torch.distributed's ReduceOp (dist.ReduceOp.SUM, ...).
+ReduceOpLike = str | dist.ReduceOp | dist.ReduceOp.RedOpType
 
 
 def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: str) -> None:
@@ -40,6 +44,23 @@ def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: s
         raise GroupError(
             f"compile_ops.{op}: len({name}) is {len(sizes)} but the group has {pg.size()} ranks"
         )
+
+
+def _reduce_op(op: ReduceOpLike, fn: str) -> str:
+    """``op`` as the ops spell it: a string as given, a ``ReduceOp`` by its lower-case name.
+
+    A ReduceOp the ops lack (BAND, PREMUL_SUM, ...) becomes ``"ReduceOp.<NAME>"``, which the
+    shape rule rejects with the list of supported reductions.
+    """
+    if isinstance(op, str):
+        return op
+    name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
+    if not isinstance(name, str):
+        raise TypeError(
+            f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
+            f"got {type(op).__name__}"
+        )
+    return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
 
 
 def _reduced(inputs: Tensors, op: str) -> torch.Tensor:
@@ -62,10 +83,10 @@ def _reduced(inputs: Tensors, op: str) -> torch.Tensor:
 
 
 @switchable
-def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
+def all_reduce(x: torch.Tensor, op: ReduceOpLike = "sum", group: GroupLike = None) -> torch.Tensor:
     """Reduce ``x`` over the group; every rank gets the result in a new tensor."""
     _, name = group_and_name(group, "all_reduce")
-    return ops.all_reduce(x, op, name)
+    return ops.all_reduce(x, _reduce_op(op, "all_reduce"), name)
 
 
 ALL_REDUCE = OpSpec(
@@ -165,16 +186,49 @@ ALL_GATHERV = OpSpec(
 )
 
 
+# -- gather ---------------------------------------------------------------------------------------
+
+
+def gather(x: torch.Tensor, dim: int = 0, dst: int = 0, group: GroupLike = None) -> torch.Tensor:
+    """Concatenate every rank's ``x`` (all the same shape) along ``dim`` on rank ``dst`` (a global
+    rank, as in torch.distributed); every other rank gets an empty tensor (extent 0 along ``dim``).
+    """
+    pg, name = group_and_name(group, "gather")
+    return ops.gather(x, dim, dst, pg.size(), dist.get_rank(), name)
+
+
+def _gathered(xs: Tensors, calls: Calls) -> list[torch.Tensor]:
+    dim, dst = calls[0]["dim"], calls[0]["dst"]
+    whole = torch.cat(list(xs), dim=dim)
+    return [whole.clone() if r == dst else whole.narrow(dim, 0, 0).clone() for r in range(len(xs))]
+
+
+GATHER = OpSpec(
+    "gather",
+    "(Tensor x, int dim, int dst, int group_size, int rank, str group_name) -> Tensor",
+    shape=shapes.gather_shape,
+    kernel=kernels.gather,
+    twin="out",
+    wrapper=gather,
+    params=("dim", "dst"),
+    samples=lambda g, rand: [
+        (rand(2, 3), dim, dist.get_global_rank(g, root), g.size(), dist.get_rank(), g.group_name)
+        for dim, root in ((0, 0), (1, g.size() - 1))
+    ],
+    reference=_gathered,
+)
+
+
 # -- reduce_scatter -------------------------------------------------------------------------------
 
 
 @switchable
 def reduce_scatter(
-    x: torch.Tensor, dim: int = 0, op: str = "sum", group: GroupLike = None
+    x: torch.Tensor, dim: int = 0, op: ReduceOpLike = "sum", group: GroupLike = None
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's equal slice along ``dim``."""
     pg, name = group_and_name(group, "reduce_scatter")
-    return ops.reduce_scatter(x, dim, op, pg.size(), name)
+    return ops.reduce_scatter(x, dim, _reduce_op(op, "reduce_scatter"), pg.size(), name)
 
 
 def _scattered(xs: Tensors, sizes: Sequence[int], call: dict) -> list[torch.Tensor]:
@@ -203,11 +257,16 @@ REDUCE_SCATTER = OpSpec(
 
 
 def reduce_scatterv(
-    x: torch.Tensor, sizes: Sequence[int], dim: int = 0, op: str = "sum", group: GroupLike = None
+    x: torch.Tensor,
+    sizes: Sequence[int],
+    dim: int = 0,
+    op: ReduceOpLike = "sum",
+    group: GroupLike = None,
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's ``sizes[rank]`` slices along ``dim``."""
     pg, name = group_and_name(group, "reduce_scatterv")
     _check_one_per_rank("reduce_scatterv", pg, sizes, "sizes")
+    op = _reduce_op(op, "reduce_scatterv")
     return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), name)
 
 
@@ -233,13 +292,13 @@ REDUCE_SCATTERV = OpSpec(
 @switchable
 def all_to_all(
     x: torch.Tensor,
-    output_split_sizes: Sequence[int] | None,
-    input_split_sizes: Sequence[int] | None,
+    output_split_sizes: Sequence[int] | None = None,
+    input_split_sizes: Sequence[int] | None = None,
     group: GroupLike = None,
 ) -> torch.Tensor:
     """Send ``input_split_sizes[r]`` rows of ``x`` to rank r; receive ``output_split_sizes[r]``.
 
-    ``None`` for both means equal splits of dim 0 (as in ``all_to_all_single``).
+    ``None`` for both (the default) means equal splits of dim 0 (as in ``all_to_all_single``).
     """
     pg, name = group_and_name(group, "all_to_all")
     if output_split_sizes is None and input_split_sizes is None:
@@ -301,5 +360,6 @@ SPECS: dict[str, OpSpec] = {
         REDUCE_SCATTER,
         REDUCE_SCATTERV,
         ALL_TO_ALL,
+        GATHER,
     )
 }

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
-from torch.distributed.distributed_c10d import BroadcastOptions
+from torch.distributed.distributed_c10d import BroadcastOptions, GatherOptions
 
 from ..groups import GroupError
 from .backend import (
@@ -120,6 +120,33 @@ def all_gatherv(op: str, out, x, sizes: Sequence[int], dim: int, group_name: str
     dim %= x.dim()
     _check_own_size(op, pg, x, sizes, dim)
     _gather_into(out, x, dim, sizes, pg)
+
+
+def gather(op: str, out, x, dim: int, dst: int, group_size: int, rank: int, group_name: str):
+    """Every rank's ``x`` concatenated along ``dim`` into ``out`` on global rank ``dst``."""
+    pg = group(op, group_name, x)
+    check_group_size(op, pg, group_size, "group_size")
+    if dist.get_rank() != rank:
+        raise GroupError(
+            f"compile_ops.{op}: rank={rank} but this process is global rank {dist.get_rank()} "
+            "(was the code compiled on another rank?)"
+        )
+    ranks = dist.get_process_group_ranks(pg)
+    if dst not in ranks:
+        raise GroupError(f"compile_ops.{op}: dst={dst} is not a member of the group")
+    dim %= x.dim()
+    src = (x.movedim(dim, 0) if dim else x).contiguous()
+    rows = buf = None
+    received = []  # the root receives one tensor per rank; the others pass none
+    if rank == dst:
+        rows = leading(out, dim)
+        buf = (
+            rows if rows is not None else src.new_empty((group_size * src.shape[0], *src.shape[1:]))
+        )
+        received = [[wire(part) for part in buf.view(group_size, *src.shape).unbind(0)]]
+    wait(pg.gather(received, [wire(src)], rooted_options(GatherOptions, ranks.index(dst))))
+    if buf is not None and rows is None:
+        out.copy_(buf.movedim(0, dim))
 
 
 # -- reduce-scatters --------------------------------------------------------------------------
