@@ -166,3 +166,51 @@ def mesh_groups():
     results["unknown ranks"] = outcome(compile_ops.all_reduce, x, group=[n + 3])
     results["bad tuple"] = outcome(compile_ops.all_reduce, x, group=(grid, "tp"))
     return results
+
+
+# --- torch.export keeps the alias -------------------------------------------------------------
+
+
+class _TensorParallelTail(torch.nn.Module):
+    def forward(self, x):
+        return compile_ops.all_reduce(x * 2, group="tp"), compile_ops.all_gather(x, group="tp")
+
+
+def _group_names_in(ep) -> set:
+    return {
+        str(node.args[-1])
+        for node in ep.graph.nodes
+        if node.op == "call_function" and str(node.target).startswith("compile_ops.")
+    }
+
+
+def export_with_alias(directory: str):
+    """Export a module that reduces over alias 'tp', created after another group; save it."""
+    ranks = list(range(dist.get_world_size()))
+    other, tp = dist.new_group(ranks), dist.new_group(ranks)
+    compile_ops.register_group("tp", tp)
+    try:
+        x = torch.full((2,), float(dist.get_rank() + 1))
+        ep = torch.export.export(_TensorParallelTail(), (x,))
+        torch.export.save(ep, os.path.join(directory, f"rank{dist.get_rank()}.pt2"))
+        return tp.group_name, _group_names_in(ep), [t.tolist() for t in ep.module()(x)]
+    finally:
+        compile_ops.unregister_group("tp")
+        dist.destroy_process_group(tp)
+        dist.destroy_process_group(other)
+
+
+def load_with_alias(directory: str):
+    """Load the program in a fresh world whose groups are created in another order."""
+    ranks = list(range(dist.get_world_size()))
+    tp, other = dist.new_group(ranks), dist.new_group(ranks)
+    ep = torch.export.load(os.path.join(directory, f"rank{dist.get_rank()}.pt2"))
+    x = torch.full((2,), float(dist.get_rank() + 1))
+    unregistered = outcome(ep.module(), x)  # an alias is resolved as an alias only
+    compile_ops.register_group("tp", tp)
+    try:
+        return tp.group_name, unregistered, [t.tolist() for t in ep.module()(x)]
+    finally:
+        compile_ops.unregister_group("tp")
+        dist.destroy_process_group(other)
+        dist.destroy_process_group(tp)
