@@ -214,3 +214,64 @@ def load_with_alias(directory: str):
         compile_ops.unregister_group("tp")
         dist.destroy_process_group(other)
         dist.destroy_process_group(tp)
+
+
+# --- the functional-collectives switch --------------------------------------------------------
+
+
+def _collectives_program(x, y, splits_out, splits_in):
+    n = dist.get_world_size()
+    return (
+        compile_ops.all_reduce(x),
+        compile_ops.all_reduce(x, "max"),
+        compile_ops.all_gather(x, dim=1),
+        compile_ops.reduce_scatter(x, dim=0),
+        compile_ops.reduce_scatter(x, dim=1, op="avg"),
+        compile_ops.all_to_all(y, splits_out, splits_in),
+        compile_ops.broadcast(x, src=n - 1),
+    )
+
+
+def _ops_in(graphs) -> set:
+    return {
+        str(node.target)
+        for gm in graphs
+        for node in gm.graph.nodes
+        if node.op == "call_function" and str(node.target).startswith(("compile_ops.", "_c10d"))
+    }
+
+
+def functional_collectives_switch(compiler: str):
+    """The same program with our ops and with functional collectives, eager and compiled (by
+    ``compiler``, for the functional collectives; our ops' graph only runs as captured)."""
+    torch._dynamo.reset()
+    rank, n = dist.get_rank(), dist.get_world_size()
+    x = torch.arange(2 * n * 3 * n, dtype=torch.float32).reshape(2 * n, 3 * n) * (rank + 1)
+    splits_in = [(rank + r) % 3 for r in range(n)]
+    splits_out = [(s + rank) % 3 for s in range(n)]
+    y = torch.randn(sum(splits_in), 4, generator=torch.Generator().manual_seed(rank))
+    args = (x, y, splits_out, splits_in)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        if not compile_ops.functional_collectives_enabled():
+            return gm.forward
+        return torch._dynamo.lookup_backend(compiler)(gm, example_inputs)
+
+    compiled = torch.compile(_collectives_program, fullgraph=True, backend=capture)
+    ours = _collectives_program(*args)
+    with compile_ops.use_functional_collectives():
+        enabled = compile_ops.functional_collectives_enabled()
+        funcol_eager = _collectives_program(*args)
+        funcol_compiled = compiled(*args)
+    funcol_graph = _ops_in(graphs)
+    ours_compiled = compiled(*args)  # the switch is guarded: this recompiles, with our ops
+    return {
+        "enabled inside": enabled,
+        "enabled after": compile_ops.functional_collectives_enabled(),
+        "results": [ours, funcol_eager, funcol_compiled, ours_compiled],
+        "funcol graph": funcol_graph,
+        "graphs": len(graphs),
+        "ours graph": _ops_in(graphs[1:]),
+    }
