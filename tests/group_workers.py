@@ -241,15 +241,20 @@ def _ops_in(graphs) -> set:
     }
 
 
-def functional_collectives_switch(compiler: str):
+def functional_collectives_switch(compiler: str, uneven: bool):
     """The same program with our ops and with functional collectives, eager and compiled (by
-    ``compiler``, for the functional collectives; our ops' graph only runs as captured)."""
+    ``compiler``, for the functional collectives; our ops' graph only runs as captured). With
+    even splits every rank compiles the same graph, and Inductor builds its kernels once."""
     torch._dynamo.reset()
     rank, n = dist.get_rank(), dist.get_world_size()
     x = torch.arange(2 * n * 3 * n, dtype=torch.float32).reshape(2 * n, 3 * n) * (rank + 1)
-    splits_in = [(rank + r) % 3 for r in range(n)]
-    splits_out = [(s + rank) % 3 for s in range(n)]
-    y = torch.randn(sum(splits_in), 4, generator=torch.Generator().manual_seed(rank))
+    if uneven:
+        splits_in = [(rank + r) % 3 for r in range(n)]
+        splits_out = [(s + rank) % 3 for s in range(n)]
+        y = torch.randn(sum(splits_in), 4, generator=torch.Generator().manual_seed(rank))
+    else:
+        splits_in = splits_out = None
+        y = torch.randn(2 * n, 4, generator=torch.Generator().manual_seed(rank))
     args = (x, y, splits_out, splits_in)
     graphs = []
 
