@@ -166,3 +166,117 @@ def mesh_groups():
     results["unknown ranks"] = outcome(compile_ops.all_reduce, x, group=[n + 3])
     results["bad tuple"] = outcome(compile_ops.all_reduce, x, group=(grid, "tp"))
     return results
+
+
+# --- torch.export keeps the alias -------------------------------------------------------------
+
+
+class _TensorParallelTail(torch.nn.Module):
+    def forward(self, x):
+        return compile_ops.all_reduce(x * 2, group="tp"), compile_ops.all_gather(x, group="tp")
+
+
+def _group_names_in(ep) -> set:
+    return {
+        str(node.args[-1])
+        for node in ep.graph.nodes
+        if node.op == "call_function" and str(node.target).startswith("compile_ops.")
+    }
+
+
+def export_with_alias(directory: str):
+    """Export a module that reduces over alias 'tp', created after another group; save it."""
+    ranks = list(range(dist.get_world_size()))
+    other, tp = dist.new_group(ranks), dist.new_group(ranks)
+    compile_ops.register_group("tp", tp)
+    try:
+        x = torch.full((2,), float(dist.get_rank() + 1))
+        ep = torch.export.export(_TensorParallelTail(), (x,))
+        torch.export.save(ep, os.path.join(directory, f"rank{dist.get_rank()}.pt2"))
+        return tp.group_name, _group_names_in(ep), [t.tolist() for t in ep.module()(x)]
+    finally:
+        compile_ops.unregister_group("tp")
+        dist.destroy_process_group(tp)
+        dist.destroy_process_group(other)
+
+
+def load_with_alias(directory: str):
+    """Load the program in a fresh world whose groups are created in another order."""
+    ranks = list(range(dist.get_world_size()))
+    tp, other = dist.new_group(ranks), dist.new_group(ranks)
+    ep = torch.export.load(os.path.join(directory, f"rank{dist.get_rank()}.pt2"))
+    x = torch.full((2,), float(dist.get_rank() + 1))
+    unregistered = outcome(ep.module(), x)  # an alias is resolved as an alias only
+    compile_ops.register_group("tp", tp)
+    try:
+        return tp.group_name, unregistered, [t.tolist() for t in ep.module()(x)]
+    finally:
+        compile_ops.unregister_group("tp")
+        dist.destroy_process_group(other)
+        dist.destroy_process_group(tp)
+
+
+# --- the functional-collectives switch --------------------------------------------------------
+
+
+def _collectives_program(x, y, splits_out, splits_in):
+    n = dist.get_world_size()
+    return (
+        compile_ops.all_reduce(x),
+        compile_ops.all_reduce(x, "max"),
+        compile_ops.all_gather(x, dim=1),
+        compile_ops.reduce_scatter(x, dim=0),
+        compile_ops.reduce_scatter(x, dim=1, op="avg"),
+        compile_ops.all_to_all(y, splits_out, splits_in),
+        compile_ops.broadcast(x, src=n - 1),
+    )
+
+
+def _ops_in(graphs) -> set:
+    return {
+        str(node.target)
+        for gm in graphs
+        for node in gm.graph.nodes
+        if node.op == "call_function" and str(node.target).startswith(("compile_ops.", "_c10d"))
+    }
+
+
+def functional_collectives_switch(compiler: str, uneven: bool):
+    """The same program with our ops and with functional collectives, eager and compiled (by
+    ``compiler``, for the functional collectives; our ops' graph only runs as captured). With
+    even splits every rank compiles the same graph, and Inductor builds its kernels once."""
+    torch._dynamo.reset()
+    rank, n = dist.get_rank(), dist.get_world_size()
+    x = torch.arange(2 * n * 3 * n, dtype=torch.float32).reshape(2 * n, 3 * n) * (rank + 1)
+    if uneven:
+        splits_in = [(rank + r) % 3 for r in range(n)]
+        splits_out = [(s + rank) % 3 for s in range(n)]
+        y = torch.randn(sum(splits_in), 4, generator=torch.Generator().manual_seed(rank))
+    else:
+        splits_in = splits_out = None
+        y = torch.randn(2 * n, 4, generator=torch.Generator().manual_seed(rank))
+    args = (x, y, splits_out, splits_in)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        if not compile_ops.functional_collectives_enabled():
+            return gm.forward
+        return torch._dynamo.lookup_backend(compiler)(gm, example_inputs)
+
+    compiled = torch.compile(_collectives_program, fullgraph=True, backend=capture)
+    ours = _collectives_program(*args)
+    with compile_ops.use_functional_collectives():
+        enabled = compile_ops.functional_collectives_enabled()
+        funcol_eager = _collectives_program(*args)
+        funcol_compiled = compiled(*args)
+    funcol_graph = _ops_in(graphs)
+    ours_compiled = compiled(*args)  # the switch is guarded: this recompiles, with our ops
+    return {
+        "enabled inside": enabled,
+        "enabled after": compile_ops.functional_collectives_enabled(),
+        "results": [ours, funcol_eager, funcol_compiled, ours_compiled],
+        "funcol graph": funcol_graph,
+        "graphs": len(graphs),
+        "ours graph": _ops_in(graphs[1:]),
+    }

@@ -118,12 +118,22 @@ def _trailing(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.movedim(0, dim).contiguous() if dim else t
 
 
+def _validate(op: str, rule: Callable, *args, reduce_op: str | None = None) -> None:
+    """Our shape rule, in eager. Under torch.compile the functional collectives' own checks apply
+    (the rules' message callables trace inside fake kernels only, not through Dynamo); the
+    reduction is checked here, as the backend would name no op."""
+    if not torch.compiler.is_compiling():
+        rule(*args)
+    elif reduce_op is not None and reduce_op not in shapes.REDUCE_OPS:
+        raise ValueError(f"compile_ops.{op}: op={reduce_op!r} is not one of {shapes.REDUCE_OPS}")
+
+
 def _wait(t: torch.Tensor) -> torch.Tensor:
     return _funcol.wait_tensor(t)
 
 
 def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
-    shapes.all_reduce_shape(x, op)
+    _validate("all_reduce", shapes.all_reduce_shape, x, op, reduce_op=op)
     pg, name = _group(group, "all_reduce", x)
     divide = op == "avg" and pg._get_backend_name() not in _NATIVE_AVG
     out = _wait(_funcol.all_reduce(x, "sum" if divide else op, name))
@@ -131,7 +141,7 @@ def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> tor
 
 
 def broadcast(x: torch.Tensor, src: int = 0, group: GroupLike = None) -> torch.Tensor:
-    shapes.broadcast_shape(x, src)
+    _validate("broadcast", shapes.broadcast_shape, x, src)
     pg, name = _group(group, "broadcast", x)
     ranks = torch.distributed.get_process_group_ranks(pg)
     if src not in ranks:
@@ -143,7 +153,7 @@ def broadcast(x: torch.Tensor, src: int = 0, group: GroupLike = None) -> torch.T
 def all_gather(x: torch.Tensor, dim: int = 0, group: GroupLike = None) -> torch.Tensor:
     pg, name = _group(group, "all_gather", x)
     n = pg.size()
-    shapes.all_gather_shape(x, dim, n)
+    _validate("all_gather", shapes.all_gather_shape, x, dim, n)
     dim %= x.dim()
     out = _wait(_funcol.all_gather_into_tensor(_wire(_leading(x, dim)), n, name))
     return _trailing(_unwire(out, x.dtype), dim)
@@ -154,7 +164,7 @@ def reduce_scatter(
 ) -> torch.Tensor:
     pg, name = _group(group, "reduce_scatter", x)
     n = pg.size()
-    shapes.reduce_scatter_shape(x, dim, op, n)
+    _validate("reduce_scatter", shapes.reduce_scatter_shape, x, dim, op, n, reduce_op=op)
     dim %= x.dim()
     divide = op == "avg" and pg._get_backend_name() not in _NATIVE_AVG
     out = _wait(_funcol.reduce_scatter_tensor(_leading(x, dim), "sum" if divide else op, n, name))
@@ -188,7 +198,7 @@ def all_to_all(
             raise GroupError(
                 f"compile_ops.all_to_all: len({arg}) is {len(sizes)} but the group has {n} ranks"
             )
-    shapes.all_to_all_shape(x, output_split_sizes, input_split_sizes)
+    _validate("all_to_all", shapes.all_to_all_shape, x, output_split_sizes, input_split_sizes)
     wire = _wire(x.contiguous())
     out = _funcol.all_to_all_single(wire, list(output_split_sizes), list(input_split_sizes), name)
     return _unwire(_wait(out), x.dtype)
