@@ -13,6 +13,7 @@ machine, so a shape taken from ``dist.get_rank()`` would be served to the wrong 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,8 +21,8 @@ import torch
 NAMESPACE = "compile_ops"
 REDUCE_OPS = ("sum", "avg", "product", "min", "max")
 
-# Reductions need arithmetic; data movement only needs the bytes.
-_REDUCIBLE_DTYPES = frozenset(
+# What the reductions accept (they need arithmetic); data movement takes any dtype.
+REDUCIBLE_DTYPES = frozenset(
     {
         torch.float16,
         torch.bfloat16,
@@ -38,43 +39,110 @@ _REDUCIBLE_DTYPES = frozenset(
 SymInt = int | torch.SymInt
 
 
-def _check(cond, op: str, message: str) -> None:
-    # torch._check_value raises ValueError on a concrete False and, for SymBools, records a
-    # guard or a runtime assert instead of specialising.
-    torch._check_value(cond, lambda: f"compile_ops.{op}: {message}")
+def error_class(kind: type[Exception]) -> type[Exception]:
+    """The class to raise ``kind`` as: ``kind`` itself, or, while torch.compile traces, a
+    subclass of ``kind`` that is also Dynamo's ``Unsupported``.
+
+    Dynamo wraps any other exception raised while it traces (ours would arrive as a
+    ``TorchRuntimeError`` whose first line is Dynamo's own). An ``Unsupported`` it hands on as it
+    is: under ``fullgraph=True`` the caller gets our message first and can still catch ``kind``;
+    otherwise Dynamo breaks the graph before the call, which then runs eagerly and raises ``kind``.
+    """
+    if torch._guards.TracingContext.try_get() is None:
+        return kind
+    return _traced_error_class(kind)
+
+
+@functools.cache
+def _traced_error_class(kind: type[Exception]) -> type[Exception]:
+    try:
+        from torch._dynamo.exc import Unsupported
+    except ImportError:  # a torch without Dynamo: nothing wraps our errors
+        return kind
+
+    class TracedError(kind, Unsupported):
+        def __init__(self, message: str) -> None:
+            Unsupported.__init__(self, message)
+
+    # Shown as the class it stands for: "ValueError: compile_ops.<op>: ...".
+    TracedError.__name__ = TracedError.__qualname__ = kind.__qualname__
+    TracedError.__module__ = kind.__module__
+    return TracedError
+
+
+def shown(value):
+    """``value`` for an error message: a symbolic size as the number it stands for now.
+
+    A check fails at trace time only on the values it was traced with, so those are the ones
+    to show, not the symbols (``s77``) they are traced as.
+    """
+    if isinstance(value, torch.SymInt):
+        hint = value.node.hint
+        return value if hint is None else int(hint)
+    if isinstance(value, (list, tuple, torch.Size)):
+        return [shown(v) for v in value]
+    return value
+
+
+def _check(cond, op: str, message: Callable[[], str]) -> None:
+    """Raise ``ValueError("compile_ops.<op>: <message()>")`` unless ``cond`` holds.
+
+    ``cond`` may be a SymBool. On sizes traced as symbols it becomes a guard, so a compiled
+    graph is only reused where it holds. On sizes read from tensor data (unbacked, e.g.
+    ``.tolist()`` splits) it is decided here only where it is provably false: otherwise torch
+    would check it at run time with a message of its own (``Eq(u2 + u3, s77)``) before the eager
+    kernel, which runs this same rule on the real values and raises this message.
+    """
+    if isinstance(cond, torch.SymBool):
+        from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, guard_or_true
+
+        if free_unbacked_symbols(cond):
+            cond = guard_or_true(cond)
+    torch._check_with(error_class(ValueError), cond, lambda: f"compile_ops.{op}: {message()}")
 
 
 def check_reduce_op(op: str, reduce_op: str, dtype: torch.dtype) -> None:
-    _check(reduce_op in REDUCE_OPS, op, f"op={reduce_op!r} is not one of {REDUCE_OPS}")
+    _check(reduce_op in REDUCE_OPS, op, lambda: f"op={reduce_op!r} is not one of {REDUCE_OPS}")
     _check(
-        dtype in _REDUCIBLE_DTYPES,
+        dtype in REDUCIBLE_DTYPES,
         op,
-        f"x.dtype={dtype} cannot be reduced; supported: {sorted(map(str, _REDUCIBLE_DTYPES))}",
+        lambda: f"x.dtype={dtype} cannot be reduced; supported: "
+        f"{sorted(map(str, REDUCIBLE_DTYPES))}",
     )
     if reduce_op == "avg":
-        _check(dtype.is_floating_point, op, f"op='avg' needs a floating dtype, got x.dtype={dtype}")
+        _check(
+            dtype.is_floating_point,
+            op,
+            lambda: f"op='avg' needs a floating dtype, got x.dtype={dtype}",
+        )
 
 
 def normalize_dim(op: str, x: torch.Tensor, dim: int) -> int:
-    _check(x.dim() > 0, op, "x must have at least one dimension")
+    _check(x.dim() > 0, op, lambda: "x must have at least one dimension")
     _check(
         -x.dim() <= dim < x.dim(),
         op,
-        f"dim={dim} is out of range for x with {x.dim()} dimensions",
+        lambda: f"dim={dim} is out of range for x with {x.dim()} dimensions",
     )
     return dim % x.dim()
 
 
 def _check_group_size(op: str, group_size: int) -> None:
-    _check(group_size >= 1, op, f"group_size={group_size} must be positive")
+    _check(group_size >= 1, op, lambda: f"group_size={group_size} must be positive")
+
+
+def _check_nonnegative(op: str, name: str, sizes: Sequence[SymInt]) -> None:
+    _check(len(sizes) >= 1, op, lambda: f"{name} must have one entry per rank, got []")
+    for i, s in enumerate(sizes):
+        _check(s >= 0, op, lambda i=i, s=s: f"{name}[{i}]={shown(s)} is negative")
 
 
 def _check_sizes(op: str, name: str, sizes: Sequence[SymInt], expected_sum: SymInt, what: str):
-    _check(len(sizes) >= 1, op, f"{name} must have one entry per rank, got an empty list")
-    for i, s in enumerate(sizes):
-        _check(s >= 0, op, f"{name}[{i}]={s} is negative")
+    _check_nonnegative(op, name, sizes)
     _check(
-        sum(sizes) == expected_sum, op, f"{name} sum to {sum(sizes)} but {what} is {expected_sum}"
+        sum(sizes) == expected_sum,
+        op,
+        lambda: f"{name} sum to {shown(sum(sizes))} but {what} is {shown(expected_sum)}",
     )
 
 
@@ -90,7 +158,7 @@ def all_reduce_shape(x: torch.Tensor, op: str) -> list[SymInt]:
 
 
 def broadcast_shape(x: torch.Tensor, src: int) -> list[SymInt]:
-    _check(src >= 0, "broadcast", f"src={src} must be a non-negative global rank")
+    _check(src >= 0, "broadcast", lambda: f"src={src} must be a non-negative global rank")
     return list(x.shape)
 
 
@@ -102,9 +170,7 @@ def all_gather_shape(x: torch.Tensor, dim: int, group_size: int) -> list[SymInt]
 
 def all_gatherv_shape(x: torch.Tensor, sizes: Sequence[SymInt], dim: int) -> list[SymInt]:
     dim = normalize_dim("all_gatherv", x, dim)
-    _check(len(sizes) >= 1, "all_gatherv", "sizes must have one entry per rank, got []")
-    for i, s in enumerate(sizes):
-        _check(s >= 0, "all_gatherv", f"sizes[{i}]={s} is negative")
+    _check_nonnegative("all_gatherv", "sizes", sizes)
     return _with_extent(x, dim, sum(sizes))
 
 
@@ -116,7 +182,7 @@ def reduce_scatter_shape(x: torch.Tensor, dim: int, op: str, group_size: int) ->
     _check(
         extent % group_size == 0,
         "reduce_scatter",
-        f"x.shape[{dim}]={extent} is not divisible by the group size {group_size}",
+        lambda: f"x.shape[{dim}]={shown(extent)} is not divisible by the group size {group_size}",
     )
     return _with_extent(x, dim, extent // group_size)
 
@@ -127,23 +193,22 @@ def reduce_scatterv_shape(
     check_reduce_op("reduce_scatterv", op, x.dtype)
     dim = normalize_dim("reduce_scatterv", x, dim)
     _check_sizes("reduce_scatterv", "sizes", sizes, x.shape[dim], f"x.shape[{dim}]")
-    _check(0 <= rank < len(sizes), "reduce_scatterv", f"rank={rank} is outside sizes")
+    _check(0 <= rank < len(sizes), "reduce_scatterv", lambda: f"rank={rank} is outside sizes")
     return _with_extent(x, dim, sizes[rank])
 
 
 def all_to_all_shape(
     x: torch.Tensor, output_split_sizes: Sequence[SymInt], input_split_sizes: Sequence[SymInt]
 ) -> list[SymInt]:
-    _check(x.dim() > 0, "all_to_all", "x must have at least one dimension")
+    _check(x.dim() > 0, "all_to_all", lambda: "x must have at least one dimension")
     _check(
         len(output_split_sizes) == len(input_split_sizes),
         "all_to_all",
-        f"output_split_sizes has {len(output_split_sizes)} entries but input_split_sizes has "
-        f"{len(input_split_sizes)}; both need one per rank",
+        lambda: f"output_split_sizes has {len(output_split_sizes)} entries but input_split_sizes "
+        f"has {len(input_split_sizes)}; both need one per rank",
     )
     _check_sizes("all_to_all", "input_split_sizes", input_split_sizes, x.shape[0], "x.shape[0]")
-    for i, s in enumerate(output_split_sizes):
-        _check(s >= 0, "all_to_all", f"output_split_sizes[{i}]={s} is negative")
+    _check_nonnegative("all_to_all", "output_split_sizes", output_split_sizes)
     return _with_extent(x, 0, sum(output_split_sizes))
 
 
@@ -153,38 +218,57 @@ def gather_shape(x: torch.Tensor, dim: int, dst: int, group_size: int, rank: int
     ``rank`` is this process's global rank: the shape depends on it, so it is an argument.
     """
     _check_group_size("gather", group_size)
-    _check(dst >= 0, "gather", f"dst={dst} must be a non-negative global rank")
+    _check(dst >= 0, "gather", lambda: f"dst={dst} must be a non-negative global rank")
     dim = normalize_dim("gather", x, dim)
     return _with_extent(x, dim, x.shape[dim] * group_size if rank == dst else 0)
 
 
 def check_out(op: str, out: torch.Tensor, x: torch.Tensor, shape: Sequence[SymInt]) -> None:
-    _check(out.dtype == x.dtype, op, f"out.dtype={out.dtype} differs from x.dtype={x.dtype}")
-    _check(out.device == x.device, op, f"out is on {out.device} but x is on {x.device}")
     _check(
-        list(out.shape) == list(shape),
-        op,
-        f"out.shape={list(out.shape)} but the result has shape {list(shape)}",
+        out.dtype == x.dtype, op, lambda: f"out.dtype={out.dtype} differs from x.dtype={x.dtype}"
     )
+    _check(out.device == x.device, op, lambda: f"out is on {out.device} but x is on {x.device}")
+
+    def message() -> str:
+        return f"out.shape={shown(out.shape)} but the result has shape {shown(shape)}"
+
+    _check(out.dim() == len(shape), op, message)
+    for have, want in zip(out.shape, shape, strict=True):
+        _check(have == want, op, message)
 
 
 # Fake kernels, one factory per kind of overload. Each calls the op's shape rule with the op's
 # arguments minus the trailing ``group_name`` (the convention every shape rule above follows).
+# register_fake also makes a fake the op's kernel for meta tensors; a collective given those
+# outside fake mode (no data, nothing to send) raises instead of returning a shape.
 
 
-def functional_fake(rule: Callable[..., Sequence[SymInt]]) -> Callable[..., torch.Tensor]:
+def _refuse_meta(op: str, x: torch.Tensor) -> None:
+    if x.is_meta:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        if not isinstance(x, FakeTensor):
+            raise ValueError(
+                f"compile_ops.{op}: x is on the meta device, which holds no data, so nothing "
+                "would be sent; trace with FakeTensorMode or torch.compile to get shapes"
+            )
+
+
+def functional_fake(op: str, rule: Callable[..., Sequence[SymInt]]) -> Callable[..., torch.Tensor]:
     """Fake of an out-of-place op: a new tensor of the rule's shape."""
 
     def fake(x, *args):
+        _refuse_meta(op, x)
         return x.new_empty(rule(x, *args[:-1]))
 
     return fake
 
 
-def inplace_fake(rule: Callable[..., Sequence[SymInt]]) -> Callable[..., torch.Tensor]:
+def inplace_fake(op: str, rule: Callable[..., Sequence[SymInt]]) -> Callable[..., torch.Tensor]:
     """Fake of an in-place twin (``<op>_``): checks the arguments, returns the tensor it writes."""
 
     def fake(x, *args):
+        _refuse_meta(op, x)
         rule(x, *args[:-1])
         return x
 
@@ -195,6 +279,7 @@ def out_fake(op: str, rule: Callable[..., Sequence[SymInt]]) -> Callable[..., to
     """Fake of an ``.out`` twin: checks the arguments and ``out``, returns ``out``."""
 
     def fake(x, *args, out):
+        _refuse_meta(op, x)
         check_out(op, out, x, rule(x, *args[:-1]))
         return out
 

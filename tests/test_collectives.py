@@ -7,7 +7,13 @@ import workers
 
 import compile_ops
 from compile_ops.ops import SPECS
-from compile_ops.testing.cases import OPS, Case, assert_case_results, run_case
+from compile_ops.testing.cases import (
+    OPS,
+    Case,
+    assert_case_results,
+    dtype_cases,
+    run_case,
+)
 
 WORLDS = (1, 2, 3, 4)
 REDUCING = tuple(op for op in OPS if SPECS[op].reduces)
@@ -33,6 +39,21 @@ def eager_cases():
             if op in REDUCING:
                 for reduce_op in ("avg", "product", "min", "max"):
                     yield base.with_(reduce_op=reduce_op, seed=7)
+
+
+def _run_cases(cases):
+    return [run_case(case, ("eager",)) for case in cases]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("op", OPS)
+def test_every_documented_dtype(world, op, n):
+    """int16, the unsigned ints, float8, bool and complex too: sent as bytes where a backend
+    lacks the dtype, reduced in a wider dtype where it cannot reduce it."""
+    cases = [case for case in dtype_cases(n) if case.op == op]
+    per_rank = world(n).run(_run_cases, cases)
+    for i, case in enumerate(cases):
+        assert_case_results(case, [rank_results[i] for rank_results in per_rank], ("eager",))
 
 
 def compiled_cases():

@@ -6,7 +6,8 @@ import torch
 import workers
 from conftest import gpu_worlds
 
-from compile_ops.testing.cases import OPS, Case, assert_case_results, run_case
+from compile_ops.ops import SPECS
+from compile_ops.testing.cases import OPS, Case, assert_case_results, dtype_cases, run_case
 
 pytestmark = pytest.mark.gpu
 
@@ -15,14 +16,26 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("op", OPS)
 def test_nccl_eager_and_compiled_match_reference(world, op, dtype, world_size):
-    uneven = op in ("all_gatherv", "reduce_scatterv", "all_to_all")
-    case = Case(op, world_size, dtype=dtype, device="cuda", uneven=uneven)
+    case = Case(op, world_size, dtype=dtype, device="cuda", uneven=SPECS[op].uneven)
     assert_case_results(case, world(world_size, "nccl").run(run_case, case))
 
 
+def _run_cases(cases):
+    return [run_case(case, ("eager",)) for case in cases]
+
+
+@pytest.mark.parametrize("world_size", gpu_worlds(1, 2))
+def test_nccl_every_documented_dtype(world, world_size):
+    """int16 and the unsigned ints (which NCCL lacks) as bytes or widened, float8, bool, complex."""
+    cases = [case.with_(device="cuda") for case in dtype_cases(world_size)]
+    per_rank = world(world_size, "nccl").run(_run_cases, cases)
+    for i, case in enumerate(cases):
+        assert_case_results(case, [rank_results[i] for rank_results in per_rank], ("eager",))
+
+
 def test_nccl_opcheck(world):
-    (failures,) = world(1, "nccl").run(workers.opcheck_all, "cuda")
-    assert {k: v for k, v in failures.items() if v} == {}
+    (results,) = world(1, "nccl").run(workers.opcheck_all, "cuda")
+    assert {op: fs for op, fs in results.items() if any(fs)} == {}
 
 
 @pytest.mark.parametrize("op", ["all_reduce", "broadcast"])

@@ -201,6 +201,56 @@ def bad_calls():
     return {name: raises(call) for name, call in calls.items()}
 
 
+def compiled_bad_calls():
+    """Bad calls inside torch.compile(fullgraph=True): what each raises, as in bad_calls."""
+    n = dist.get_world_size()
+    x = torch.ones(2 * n + 1, 3)
+    ok = torch.ones(2 * n, 3)
+    counts = torch.ones(n, dtype=torch.int64)  # splits read from a tensor: they sum to n, not 2n
+    calls = {
+        "indivisible": (lambda t: compile_ops.reduce_scatter(t), (x,), False),
+        "indivisible_dynamic": (lambda t: compile_ops.reduce_scatter(t), (x,), True),
+        "bad_dim": (lambda t: compile_ops.all_gather(t, dim=2), (ok,), False),
+        "bad_op": (lambda t: compile_ops.all_reduce(t, op="xor"), (ok,), False),
+        "avg_int": (lambda t: compile_ops.all_reduce(t.int(), op="avg"), (ok,), True),
+        "gatherv_count": (lambda t: compile_ops.all_gatherv(t, [2 * n] * (n + 1)), (ok,), False),
+        "splits_from_tensor": (
+            lambda t, s: compile_ops.all_to_all(t, s.tolist(), s.tolist()),
+            (ok, counts),
+            False,
+        ),
+        "sizes_from_tensor": (
+            lambda t, s: compile_ops.reduce_scatterv(t, s.tolist()),
+            (ok, counts),
+            True,
+        ),
+    }
+    results = {}
+    for name, (fn, args, dynamic) in calls.items():
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+        results[name] = raises(compiled, *args)
+    # Without fullgraph, Dynamo breaks the graph at the bad call, which then raises eagerly.
+    torch._dynamo.reset()
+    try:
+        torch.compile(calls["indivisible"][0], backend="aot_eager")(x)
+    except Exception as e:
+        results["graph_break"] = type(e).__name__, str(e), type(e) is ValueError
+    return results
+
+
+def meta_inputs():
+    """Every op on a meta tensor, outside fake mode: what each raises."""
+    from compile_ops.testing.cases import OPS, Case
+
+    rank = dist.get_rank()
+    results = {}
+    for op in OPS:
+        case = Case(op, dist.get_world_size(), uneven=SPECS[op].uneven)
+        results[op] = raises(case.call, case.input(rank).to("meta"), rank)
+    return results
+
+
 def wrong_device_and_destroyed_group():
     """A group whose backend serves no CPU tensors, then the same group after destruction."""
     ranks = list(range(dist.get_world_size()))

@@ -36,18 +36,24 @@ REDUCE_OP = {
 NATIVE_AVG = frozenset({"nccl", "gloo"})
 # Backends whose list all_gather accepts uneven sizes (NCCL groups one broadcast per rank).
 UNEVEN_ALL_GATHER = frozenset({"nccl"})
-# Data types a backend cannot carry; movement ops send them as raw bytes instead.
-_BYTE_ONLY_DTYPES = frozenset(
-    dt
-    for name in (
-        "float8_e4m3fn",
-        "float8_e5m2",
-        "float8_e4m3fnuz",
-        "float8_e5m2fnuz",
-        "float8_e8m0fnu",
-    )
-    if (dt := getattr(torch, name, None)) is not None
+# Data types every backend (gloo, NCCL, XCCL) moves as they are. Movement ops send any other
+# dtype as its bytes (complex as pairs of reals): int16, the unsigned ints, float8, bits.
+_CARRIED_AS_IS = frozenset(
+    {
+        torch.bool,
+        torch.int8,
+        torch.uint8,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    }
 )
+# Reductions a backend lacks for a dtype run in a wider one: neither gloo nor NCCL reduces int16.
+# The result is cast back, which wraps exactly as int16 arithmetic would.
+_WIDENED = {torch.int16: torch.int32}
 
 
 def wait(work) -> None:
@@ -134,12 +140,23 @@ def check_rank(op: str, pg: ProcessGroup, rank: int) -> None:
 
 
 def wire(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as backends carry it: fp8 as raw bytes, complex as pairs of reals (same memory)."""
-    if t.dtype in _BYTE_ONLY_DTYPES:
-        return t.view(torch.uint8)
+    """Contiguous ``t`` as every backend carries it, in the same memory: as it is, complex as
+    pairs of reals, anything else as its bytes (a trailing dim of ``itemsize`` bytes, so splits
+    along dim 0 keep their meaning)."""
+    if t.dtype in _CARRIED_AS_IS:
+        return t
     if t.is_complex():
         return torch.view_as_real(t)
-    return t
+    return t.unsqueeze(-1).view(torch.uint8)
+
+
+def reducible(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous, in a dtype the backends reduce: ``t`` itself where possible, else a copy
+    (non-contiguous, or widened)."""
+    wide = _WIDENED.get(t.dtype)
+    if wide is not None:
+        return t.to(wide, memory_format=torch.contiguous_format)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def leading(t: torch.Tensor, dim: int) -> torch.Tensor | None:

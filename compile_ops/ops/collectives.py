@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from fake_impls import collectives as shapes
-from fake_impls.collectives import REDUCE_OPS
+from fake_impls.collectives import REDUCE_OPS, error_class
 
 from ..groups import GroupError, GroupLike, group_and_name
 from . import kernels
@@ -40,9 +40,16 @@ ReduceOpLike = str | dist.ReduceOp | dist.ReduceOp.RedOpType
 
 
 def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: str) -> None:
-    if len(sizes) != pg.size():
-        raise GroupError(
-            f"compile_ops.{op}: len({name}) is {len(sizes)} but the group has {pg.size()} ranks"
+    _check_count(op, name, len(sizes), pg.size())
+
+
+@torch.compiler.assume_constant_result
+def _check_count(op: str, name: str, given: int, group_size: int) -> None:
+    # Called, not traced, by Dynamo (its arguments are constants), so the error it raises reaches
+    # the caller as it is (see error_class) instead of as Dynamo's "observed exception".
+    if given != group_size:
+        raise error_class(GroupError)(
+            f"compile_ops.{op}: len({name}) is {given} but the group has {group_size} ranks"
         )
 
 

@@ -33,6 +33,7 @@ from .backend import (
     check_rank,
     group,
     leading,
+    reducible,
     reduction,
     rooted_options,
     wait,
@@ -42,7 +43,7 @@ from .backend import (
 
 def all_reduce(op: str, buf: torch.Tensor, reduce_op: str, group_name: str) -> None:
     pg = group(op, group_name, buf)
-    work = buf if buf.is_contiguous() else buf.contiguous()
+    work = reducible(buf)
     reduce_op, divide = reduction(reduce_op, pg)
     wait(pg.allreduce([work], ALL_REDUCE_OPTS[reduce_op]))
     if divide:
@@ -155,9 +156,9 @@ def gather(op: str, out, x, dim: int, dst: int, group_size: int, rank: int, grou
 def _scatter_reduce_into(out, x, dim, sizes, reduce_op, pg) -> None:
     """Reduce every rank's ``x``; leave slice ``rank`` (extents ``sizes``) along ``dim`` in ``out``."""
     rows = leading(x, dim)
-    src = rows if rows is not None else x.movedim(dim, 0).contiguous()
-    dst = leading(out, dim)
-    buf = dst if dst is not None else out.movedim(dim, 0).contiguous()
+    src = reducible(rows if rows is not None else x.movedim(dim, 0))
+    dst = leading(out, dim) if src.dtype == out.dtype else None
+    buf = dst if dst is not None else src.new_empty((out.shape[dim], *src.shape[1:]))
     reduce_op, divide = reduction(reduce_op, pg)
     opts = REDUCE_SCATTER_OPTS[reduce_op]
     if sizes.count(sizes[0]) == len(sizes):

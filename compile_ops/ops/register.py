@@ -2,7 +2,7 @@
 
 For each row: the op and its twin are defined (tagged as torch tags its own collectives), get
 their eager kernels (CompositeExplicitAutograd: every device a backend can reach, without naming
-one), their fakes (from the shape rule), a refusal on the meta device, the twin's
+one), their fakes (from the shape rule; they also serve, and refuse, meta tensors), the twin's
 functionalization rule, and the out-of-place op is marked side-effectful.
 """
 
@@ -26,9 +26,19 @@ _TAGS = (torch.Tag.pt2_compliant_tag,)
 _OUT_TAGS = _TAGS + ((torch.Tag.out,) if hasattr(torch.Tag, "out") else ())
 
 
-def _frozen(args: tuple) -> tuple:
-    """``args`` with lists as tuples, for the shape cache's key."""
-    return tuple(tuple(a) if type(a) is list else a for a in args)
+def _cache_key(spec: OpSpec) -> Callable[[tuple], tuple]:
+    """The shape cache's key for a rule's arguments: they as they are, lists made tuples."""
+    lists = spec.list_arguments
+    if not lists:
+        return lambda args: args
+
+    def key(args: tuple) -> tuple:
+        hashable = list(args)
+        for i in lists:
+            hashable[i] = tuple(hashable[i])
+        return tuple(hashable)
+
+    return key
 
 
 def eager_kernels(spec: OpSpec) -> dict[str, Callable[..., torch.Tensor]]:
@@ -38,7 +48,7 @@ def eager_kernels(spec: OpSpec) -> dict[str, Callable[..., torch.Tensor]]:
     compiler that trusts the functional schema may reuse a buffer it believes unchanged.
     """
     rule, into, name, twin = spec.shape, spec.kernel, spec.name, spec.twin_name
-    key = _frozen if "SymInt[]" in spec.schema else tuple
+    key = _cache_key(spec)
 
     if spec.twin == "inplace":
 
@@ -71,11 +81,11 @@ def eager_kernels(spec: OpSpec) -> dict[str, Callable[..., torch.Tensor]]:
 def fake_kernels(spec: OpSpec) -> dict[str, Callable[..., torch.Tensor]]:
     """The fakes of ``spec``'s op and twin, from its shape rule."""
     twin = (
-        fakes.inplace_fake(spec.shape)
+        fakes.inplace_fake(spec.twin_name, spec.shape)
         if spec.twin == "inplace"
         else fakes.out_fake(spec.name, spec.shape)
     )
-    return {spec.name: fakes.functional_fake(spec.shape), spec.twin_name: twin}
+    return {spec.name: fakes.functional_fake(spec.name, spec.shape), spec.twin_name: twin}
 
 
 def _functionalize_twin(functional: str, mutated: str) -> Callable[..., torch.Tensor]:

@@ -88,6 +88,12 @@ class OpSpec:
         return {self.name: self.name + self.schema, self.twin_name: self.twin_name + twin}
 
     @property
+    def list_arguments(self) -> tuple[int, ...]:
+        """Positions of the list (``SymInt[]``) arguments among the shape rule's arguments."""
+        args = self.schema[1 : self.schema.index(")")].split(", ")[1:-1]
+        return tuple(i for i, arg in enumerate(args) if arg.startswith("SymInt[]"))
+
+    @property
     def reduces(self) -> bool:
         return "op" in self.params
 

@@ -14,11 +14,33 @@ import torch
 import torch.distributed as dist
 
 from compile_ops.ops import SPECS
+from fake_impls import collectives as shapes
 
 from .compare import to_device_keeping_layout
 
 OPS = tuple(SPECS)
 MODES = ("eager", "compiled", "dynamic")
+# The dtypes the user guide documents: the reductions take REDUCIBLE_DTYPES; data movement takes
+# any dtype, and these are the ones tested (those no backend carries go as bytes).
+REDUCIBLE_DTYPES = tuple(sorted(shapes.REDUCIBLE_DTYPES, key=str))
+DTYPES = (
+    *REDUCIBLE_DTYPES,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+)
+# Dtypes on which ``pre``/``post`` do arithmetic (elsewhere CPU kernels lack it, or bool promotes).
+_ARITHMETIC = frozenset(REDUCIBLE_DTYPES) | {torch.complex64, torch.complex128}
+
+
+def dtypes_for(op: str) -> tuple[torch.dtype, ...]:
+    """Every documented dtype ``op`` takes."""
+    return REDUCIBLE_DTYPES if SPECS[op].reduces else DTYPES
 
 
 @dataclass(frozen=True)
@@ -124,13 +146,13 @@ class Case:
             return torch.randint(low, high, wide, generator=g).to(self.dtype)[..., ::2]
         return torch.randint(low, high, shape, generator=g).to(self.dtype)
 
-    @staticmethod
-    def pre(x: torch.Tensor) -> torch.Tensor:
-        return x * 2
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Math before the op (so compiled code has a producer to fuse or reinplace)."""
+        return x * 2 if self.dtype in _ARITHMETIC else x
 
-    @staticmethod
-    def post(y: torch.Tensor) -> torch.Tensor:
-        return y + 1
+    def post(self, y: torch.Tensor) -> torch.Tensor:
+        """Math after the op (a consumer of its result)."""
+        return y + 1 if self.dtype in _ARITHMETIC else y
 
     def call(self, x: torch.Tensor, rank: int, group=None) -> torch.Tensor:
         return self.spec.wrapper(x, **self.arguments(rank), group=group)
@@ -155,6 +177,16 @@ class Case:
 def standard_cases(world_size: int) -> list[Case]:
     """One case per op, uneven where the op allows it: the table ``compile-ops check`` prints."""
     return [Case(op, world_size, uneven=SPECS[op].uneven) for op in OPS]
+
+
+def dtype_cases(world_size: int) -> list[Case]:
+    """One case per op and documented dtype (uneven where the op allows it; the layouts rotate)."""
+    layouts = ("contiguous", "transposed", "sliced")
+    return [
+        Case(op, world_size, dtype=dtype, uneven=SPECS[op].uneven, layout=layouts[i % 3], seed=9)
+        for op in OPS
+        for i, dtype in enumerate(dtypes_for(op))
+    ]
 
 
 def run_case(case: Case, modes: tuple[str, ...] = MODES) -> dict[str, object]:

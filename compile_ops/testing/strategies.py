@@ -12,12 +12,10 @@ from hypothesis import strategies as st
 
 from compile_ops.ops import SPECS
 
-from .cases import OPS, Case
+from .cases import OPS, Case, dtypes_for
 from .programs import Program, Step
 
 REDUCING = tuple(name for name, spec in SPECS.items() if spec.reduces)
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-INT_DTYPES = (torch.int32, torch.int64, torch.uint8)
 
 
 @st.composite
@@ -25,14 +23,16 @@ def cases(
     draw,
     op: str | st.SearchStrategy[str] | None = None,
     world_sizes: tuple[int, ...] = (1, 2, 3, 4),
-    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES + INT_DTYPES,
+    dtypes: tuple[torch.dtype, ...] | None = None,
 ) -> Case:
+    """One call of ``op`` (any op if None) on a whole world; ``dtypes`` defaults to every
+    documented dtype the op takes."""
     if op is None:
         op = st.sampled_from(OPS)
     op = draw(op) if isinstance(op, st.SearchStrategy) else op
     n = draw(st.sampled_from(world_sizes))
     reduce_op = draw(st.sampled_from(("sum", "avg", "product", "min", "max")))
-    dtype = draw(st.sampled_from(dtypes))
+    dtype = draw(st.sampled_from(dtypes_for(op) if dtypes is None else dtypes))
     if op in REDUCING and reduce_op == "avg" and not dtype.is_floating_point:
         reduce_op = "sum"
     if dtype == torch.uint8 and op in REDUCING:
