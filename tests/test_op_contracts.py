@@ -73,3 +73,11 @@ def test_live_input_gets_one_separate_result(world, op):
         assert code.count(f"torch.ops.compile_ops.{op}.default(") == 1
         assert f"torch.ops.compile_ops.{op}_.default(" not in code
         assert not workers.copy_kernels(code), workers.copy_kernels(code)
+
+
+def test_compiled_code_keeps_every_op_whose_result_is_unused(world):
+    """Inductor must never delete a collective (e.g. one whose result this rank discards): the
+    other ranks would wait for it forever. Holds on every torch only while the ``.out`` twins
+    do not carry ``torch.Tag.out`` (torch 2.14 lowers tagged ops to a node it treats as pure)."""
+    for rank, kept in enumerate(world(2).run(workers.ops_kept_when_unused)):
+        assert kept == dict.fromkeys(OPS, True), f"rank {rank}"

@@ -339,3 +339,29 @@ def compile_first_on(variant: str, first: int):
     hits = counters["inductor"]["fxgraph_cache_hit"]
     misses = counters["inductor"]["fxgraph_cache_miss"]
     return shapes, expected, hits, misses
+
+
+def ops_kept_when_unused() -> dict[str, bool]:
+    """Per op: whether Inductor's code for a program that discards the op's result still calls it.
+
+    A collective is never dead code: a rank that skipped one would leave the others waiting.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    from compile_ops.testing.cases import OPS, Case
+
+    rank, kept = dist.get_rank(), {}
+    for op in OPS:
+        case = Case(op, dist.get_world_size(), uneven=SPECS[op].uneven)
+
+        def discard(x, case=case):
+            case.call(x, rank)
+            return x + 1
+
+        torch._dynamo.reset()
+        compiled = torch.compile(discard, fullgraph=True, backend="inductor")
+        # The FX graph cache's key does not cover op tags: compile afresh, not from the cache.
+        with torch._inductor.config.patch(fx_graph_cache=False):
+            _, code = run_and_get_code(compiled, case.input(rank))
+        kept[op] = any(f"compile_ops.{op}." in line for line in "\n".join(code).splitlines())
+    return kept

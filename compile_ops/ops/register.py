@@ -22,8 +22,13 @@ NAMESPACE = fakes.NAMESPACE
 
 # pt2_compliant: the ops pass opcheck (tested), as torch's own _c10d_functional ops do. Where
 # torch has it (2.14+), `out` marks an out= overload, again as on _c10d_functional's.
+# No ``torch.Tag.out`` on the ``.out`` twins: from torch 2.14 Inductor lowers a functional custom
+# op whose overload carries that tag to an ``ExternKernelOut`` of the twin, a node it treats as
+# pure (a collective whose result one rank does not use is deleted, and the other ranks wait for
+# it forever) and to which it passes list arguments flattened (``all_to_all.out(x, 3, 3, ...)``).
+# Untagged, the op stays the side-effectful fallback kernel it is on every torch. Guarded by
+# tests/test_op_contracts.py::test_compiled_code_keeps_every_op_whose_result_is_unused.
 _TAGS = (torch.Tag.pt2_compliant_tag,)
-_OUT_TAGS = _TAGS + ((torch.Tag.out,) if hasattr(torch.Tag, "out") else ())
 
 
 def _cache_key(spec: OpSpec) -> Callable[[tuple], tuple]:
@@ -122,7 +127,7 @@ def register(lib: torch.library.Library, specs: Iterable[OpSpec]) -> None:
     for spec in specs:
         kernels, fake = eager_kernels(spec), fake_kernels(spec)
         for name, schema in spec.overloads.items():
-            lib.define(schema, tags=_OUT_TAGS if name.endswith(".out") else _TAGS)
+            lib.define(schema, tags=_TAGS)
             # In debug mode the kernel first checks its arguments against every other rank's.
             lib.impl(name, consistency.checked(name, kernels[name]), "CompositeExplicitAutograd")
             torch.library.register_fake(f"{NAMESPACE}::{name}", fake[name], lib=lib)
