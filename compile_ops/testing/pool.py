@@ -18,8 +18,10 @@ import contextlib
 import datetime
 import itertools
 import multiprocessing as mp
+import multiprocessing.util
 import os
 import pickle
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -141,9 +143,19 @@ def _worker_main(rank, world_size, backend, store_port, conn, env, ready_job):
         except BaseException as e:
             kind, value = "err", _failure(e)
         conn.send_bytes(_answer(job, kind, value))
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
+    # Every answer is sent and nothing else is kept: leave at once. The interpreter's own exit
+    # (the process group's and Python's teardown) takes seconds per rank, which ``close`` would
+    # wait for at every pool shutdown. What must not outlive the rank is released first:
+    # Inductor's compile workers, and multiprocessing's finalizers (which unlink the named
+    # semaphores a rank created, e.g. tqdm's lock; the stdlib has no public name for the
+    # function a process runs for them at its normal exit).
+    compiling = sys.modules.get("torch._inductor.async_compile")
+    if compiling is not None:
+        compiling.shutdown_compile_workers()
+    multiprocessing.util._exit_function()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class WorkerPool:
