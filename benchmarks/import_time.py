@@ -93,7 +93,11 @@ def heaviest_imports(tree: Path, top: int) -> list[dict]:
     code = "import torch, sys; sys.stderr.write('@@MARK\\n'); import compile_ops"
     env = {**os.environ, "PYTHONPATH": str(tree)}
     err = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True
+        [sys.executable, "-X", "importtime", "-c", code],
+        env=env,
+        cwd=tree,  # `-c` puts the working directory first on sys.path
+        capture_output=True,
+        text=True,
     ).stderr
     rows = []
     for line in err.split("@@MARK", 1)[-1].splitlines():
