@@ -54,7 +54,7 @@ class GroupError(ValueError):
 def constant_result(fn):
     """Mark ``fn`` for Dynamo as ``torch.compiler.assume_constant_result`` does (it sets exactly
     this attribute, torch 2.11 to 2.14), without importing Dynamo when compile_ops is imported:
-    that import costs about 0.6 s on a CPU, paid by every rank and every command."""
+    that import costs about 0.7 s on a CPU, paid by every rank and every command."""
     fn._dynamo_marked_constant = True
     return fn
 
