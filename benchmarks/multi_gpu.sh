@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The 2-GPU study (NCCL, one GPU per rank), on a machine with two or more GPUs:
 #   bash benchmarks/multi_gpu.sh                 # every step, in order
-#   bash benchmarks/multi_gpu.sh bench moe       # some steps (names below)
+#   bash benchmarks/multi_gpu.sh bench plot moe  # some steps (names below)
 # Results go under $OUT (default ./multi_gpu_results), one file per step. Each step has a time
 # limit and is stopped with SIGINT (pytest still prints its summary); a failing step is reported
 # and the others still run.
@@ -33,6 +33,11 @@ bench() {
     step bench 300 python3 -m compile_ops.cli bench -n 2 --studies latency \
         --sizes 4K,64K,1M,16M,256M,1G --reps 10 --out "$out/bench"
 }
+plot() {  # latency and bus bandwidth against size from the bench step's results.json (needs
+    # matplotlib: pip install '.[plot]'); LINK_GBPS, if set, is drawn as the link's limit
+    step plot 60 python3 -m compile_ops.cli bench --from "$out/bench/results.json" \
+        ${LINK_GBPS:+--link-gbps "$LINK_GBPS"} --plot "$out/bench/latency-bandwidth.png"
+}
 gpu_tests() {  # every GPU test but the fuzzers: worlds 1 and 2
     step gpu_tests 480 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 \
         --ignore=tests/test_fuzz.py tests
@@ -45,7 +50,7 @@ moe() {
         --hidden 4096 --intermediate 14336 --shared-intermediate 0 --experts 8 --top-k 2
 }
 
-all=(environment check bench gpu_tests fuzz moe)
+all=(environment check bench plot gpu_tests fuzz moe)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=("${all[@]}")
 for name in "${steps[@]}"; do

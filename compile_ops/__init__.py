@@ -2,9 +2,10 @@
 
 ``import compile_ops`` registers the ``torch.ops.compile_ops`` namespace with fake kernels,
 teaches Inductor's reinplacing pass the in-place twins and applies the Inductor patches that are
-on (see ``inductor_patches`` and docs/patches.md). It does not import Inductor, which costs
-seconds: the last two happen right after Inductor's modules are first imported, before anything
-is compiled.
+on (see ``inductor_patches`` and docs/patches.md). It imports neither Dynamo nor Inductor (nor
+sympy, which they pull in), whose imports cost seconds on a CPU and would be paid by every rank:
+the last two steps happen right after Inductor's modules are first imported, before anything is
+compiled. ``benchmarks/import_time.py`` measures what the import costs.
 """
 
 import re

@@ -15,7 +15,6 @@ import torch
 from torch._library.fake_impl import FakeImplCtx, set_ctx_getter
 from torch._prims_common import check_significant_strides
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.experimental.symbolic_shapes import ShapeEnv, free_unbacked_symbols
 from torch.utils import _pytree as pytree
 
 __all__ = ["FakeMismatch", "Sample", "check_fake", "qualname", "register", "resolve_op"]
@@ -102,6 +101,10 @@ def register(
 
 
 def _run_fake(op, fake, args, kwargs):
+    # Imported here: symbolic_shapes pulls in sympy (half a second), which a checked
+    # registration needs and ``import compile_ops`` does not.
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
     mode = FakeTensorMode(shape_env=ShapeEnv())
 
     def to_fake(t: torch.Tensor) -> torch.Tensor:
@@ -139,6 +142,8 @@ def _compare(where: str, real_out, fake_out) -> None:
 def _compare_tensor(where: str, real: torch.Tensor, fake: torch.Tensor) -> None:
     def differ(field: str, got, want) -> FakeMismatch:
         return FakeMismatch(f"{where} has {field} {got} but the kernel's has {want}")
+
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols  # see _run_fake
 
     if fake.dim() != real.dim():
         raise differ("shape", list(fake.shape), list(real.shape))

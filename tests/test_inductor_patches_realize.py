@@ -7,7 +7,7 @@ per RMSNorm kernel seen here in C++ kernels are the ones Triton kernels get on a
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._inductor.decomposition import select_decomp_table
 from torch._inductor.graph import GraphLowering
@@ -175,6 +175,7 @@ def test_shared_value_decision_equals_reference(patched, case):
     assert decisions.counts() == {f"bytes:{'realize' if want else 'inline'}": 1}
 
 
+@settings(deadline=None)  # arithmetic only; on a loaded machine one call can exceed 200 ms
 @given(st.integers(1, 10**12), st.integers(1, 10**12), st.integers(0, 10**4))
 def test_rule_functions_equal_reference(read, out, users):
     from inductor_patches.realize_on_reuse import store_narrow_copy, store_shared_value

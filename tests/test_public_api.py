@@ -42,6 +42,25 @@ def test_importing_the_test_kit_starts_nothing_and_needs_no_test_extra():
     assert done.returncode == 0, done.stderr
 
 
+def test_importing_compile_ops_loads_no_compiler_stack():
+    """Dynamo, Inductor, sympy and Triton cost seconds to import and every rank pays for what
+    ``import compile_ops`` loads; they load when something is compiled (see benchmarks/import_time.py
+    for the time)."""
+    heavy = ("torch._dynamo", "torch._inductor", "sympy", "triton", "hypothesis")
+    probe = (
+        "import sys, torch\n"
+        f"before = {{m for m in {heavy!r} if m in sys.modules}}\n"
+        "import compile_ops\n"
+        "assert hasattr(torch.ops.compile_ops, 'all_reduce')\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules and m not in before))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_a_manager_without_dispatch_or_combine_cannot_be_made():
     assert All2AllManager.__abstractmethods__ == {"dispatch", "combine"}
 

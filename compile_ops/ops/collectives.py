@@ -17,7 +17,7 @@ from torch.distributed import ProcessGroup
 from fake_impls import collectives as shapes
 from fake_impls.collectives import REDUCE_OPS, error_class
 
-from ..groups import GroupError, GroupLike, group_and_name
+from ..groups import GroupError, GroupLike, constant_result, group_and_name
 from . import kernels
 from .funcol import switchable
 from .spec import Calls, OpSpec
@@ -43,7 +43,7 @@ def _check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: s
     _check_count(op, name, len(sizes), pg.size())
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def _check_count(op: str, name: str, given: int, group_size: int) -> None:
     # Called, not traced, by Dynamo (its arguments are constants), so the error it raises reaches
     # the caller as it is (see error_class) instead of as Dynamo's "observed exception".
