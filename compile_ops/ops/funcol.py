@@ -26,6 +26,7 @@ from torch.distributed import ProcessGroup
 from fake_impls import collectives as shapes
 
 from ..groups import GroupError, GroupLike, group_and_name, serves_device
+from .arguments import all_to_all_splits
 
 ENV_VAR = "COMPILE_OPS_FUNCTIONAL_COLLECTIVES"
 
@@ -178,29 +179,12 @@ def all_to_all(
     group: GroupLike = None,
 ) -> torch.Tensor:
     pg, name = _group(group, "all_to_all", x)
-    n = pg.size()
-    if output_split_sizes is None and input_split_sizes is None:
-        if x.shape[0] % n != 0:
-            raise ValueError(
-                f"compile_ops.all_to_all: x.shape[0]={x.shape[0]} is not divisible by the group "
-                f"size {n} (pass split sizes for uneven splits)"
-            )
-        output_split_sizes = input_split_sizes = [x.shape[0] // n] * n
-    elif output_split_sizes is None or input_split_sizes is None:
-        raise ValueError(
-            "compile_ops.all_to_all: give both output_split_sizes and input_split_sizes, or neither"
-        )
-    for arg, sizes in (
-        ("output_split_sizes", output_split_sizes),
-        ("input_split_sizes", input_split_sizes),
-    ):
-        if len(sizes) != n:
-            raise GroupError(
-                f"compile_ops.all_to_all: len({arg}) is {len(sizes)} but the group has {n} ranks"
-            )
+    output_split_sizes, input_split_sizes = all_to_all_splits(
+        x, pg, output_split_sizes, input_split_sizes
+    )
     _validate("all_to_all", shapes.all_to_all_shape, x, output_split_sizes, input_split_sizes)
     wire = _wire(x.contiguous())
-    out = _funcol.all_to_all_single(wire, list(output_split_sizes), list(input_split_sizes), name)
+    out = _funcol.all_to_all_single(wire, output_split_sizes, input_split_sizes, name)
     return _unwire(_wait(out), x.dtype)
 
 
