@@ -5,7 +5,7 @@ graph) skip without a GPU."""
 
 import pytest
 import torch
-from moe_experts_workers import run_sharded_vs_reference
+from helpers.moe_experts_workers import run_sharded_vs_reference
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from compile_ops.moe import MoEConfig, MoEWeights, compute, mark_token_dim, resolve_experts_impl

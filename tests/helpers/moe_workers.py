@@ -148,6 +148,9 @@ def bad_inputs():
     odd = MoEConfig(hidden=16, intermediate=30, experts=8, top_k=2)
     wide = MoEConfig(hidden=24, intermediate=32, experts=8, top_k=2)
     block = ShardedMoEBlock(CONFIG, weights, Layout.ep(None))
+    layout(
+        "tp_ep"
+    )  # the grid's groups, moe_tp and moe_ep, exist from here on (whatever ran before)
     return {
         "experts": raises(ShardedMoEBlock, six, MoEWeights.random(six), Layout.ep(None)),
         "intermediate": raises(ShardedMoEBlock, odd, MoEWeights.random(odd), Layout.tp(None)),
@@ -411,7 +414,7 @@ def benchmark_script(name: str):
     import sys
 
     if name not in sys.modules:
-        path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[name])

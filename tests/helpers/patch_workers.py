@@ -58,6 +58,7 @@ def tp_stack_with_patch(layers: int, tokens: int) -> dict:
         return realize_panel.add_rms_norm(h, residual, final)[0]
 
     patch = inductor_patches.get("realize_on_reuse")
+    patch.resolve_pending()  # a patch waiting for Inductor's import is applied, and restored so
     was_applied = patch.is_applied()
     patch.apply()
     decisions.reset()
@@ -173,6 +174,7 @@ def sequence_parallel_patch_on_off(
     x = torch.randn(tokens, hidden, generator=g).to(torch.bfloat16)
     x_shard = _shard(x, 0, rank, world).to(device)
     patch = inductor_patches.get("realize_on_reuse")
+    patch.resolve_pending()  # a patch waiting for Inductor's import is applied, and restored so
     was_applied = patch.is_applied()
     result = {"eager": forward(x_shard)}
     try:
