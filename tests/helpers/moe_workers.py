@@ -18,6 +18,8 @@ from compile_ops.moe import (
     mark_token_dim,
 )
 
+from .workers import raises
+
 CONFIG = MoEConfig(hidden=16, intermediate=32, experts=8, top_k=2, shared_intermediate=16)
 SIGMOID = MoEConfig(
     hidden=16, intermediate=32, experts=8, top_k=3, scoring="sigmoid", renormalize=False
@@ -128,15 +130,6 @@ def run_block_on_accelerator(manager: str, kind: str, dtype: torch.dtype, steps:
     """The block on this rank's accelerator, compiled with Inductor."""
     device = torch.accelerator.current_accelerator().type
     return run_block(manager, kind, dtype, steps, "inductor", True, CONFIG, device)
-
-
-def raises(fn, *args, **kwargs):
-    """``(exception type name, message)`` of ``fn(*args, **kwargs)``, or None if it did not raise."""
-    try:
-        fn(*args, **kwargs)
-    except Exception as e:
-        return type(e).__name__, str(e)
-    return None
 
 
 def bad_inputs():
