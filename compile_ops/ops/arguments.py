@@ -9,11 +9,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
-from fake_impls.collectives import error_class
+from fake_impls.collectives import REDUCE_OPS, error_class
 
 from ..groups import GroupError
+
+# A reduction: one of REDUCE_OPS, or torch.distributed's ReduceOp (dist.ReduceOp.SUM, ...).
+ReduceOpLike = str | dist.ReduceOp | dist.ReduceOp.RedOpType
+
+
+def reduce_op_name(op: ReduceOpLike, fn: str) -> str:
+    """``op`` as the ops spell it: a string as given, a ``ReduceOp`` by its lower-case name.
+
+    A ReduceOp the ops lack (BAND, PREMUL_SUM, ...) becomes ``"ReduceOp.<NAME>"``, which the
+    shape rule rejects with the list of supported reductions.
+    """
+    if isinstance(op, str):
+        return op
+    name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
+    if not isinstance(name, str):
+        raise TypeError(
+            f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
+            f"got {type(op).__name__}"
+        )
+    return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
 
 
 def check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: str) -> None:

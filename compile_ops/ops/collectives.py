@@ -16,11 +16,10 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
 from fake_impls import collectives as shapes
-from fake_impls.collectives import REDUCE_OPS
 
 from ..groups import GroupLike, group_and_name
 from . import kernels
-from .arguments import all_to_all_splits, check_one_per_rank
+from .arguments import ReduceOpLike, all_to_all_splits, check_one_per_rank, reduce_op_name
 from .funcol import switchable
 from .spec import Calls, OpSpec
 
@@ -37,8 +36,6 @@ __all__ = [
 
 ops = torch.ops.compile_ops
 Tensors = Sequence[torch.Tensor]
-# A reduction: one of REDUCE_OPS, or torch.distributed's ReduceOp (dist.ReduceOp.SUM, ...).
-ReduceOpLike = str | dist.ReduceOp | dist.ReduceOp.RedOpType
 F = TypeVar("F", bound=Callable[..., torch.Tensor])
 
 SPECS: dict[str, OpSpec] = {}  # filled by @_collective, in the order of this file
@@ -56,23 +53,6 @@ def _collective(schema: str, **row: Any) -> Callable[[F], F]:
         return wrapper
 
     return add
-
-
-def _reduce_op(op: ReduceOpLike, fn: str) -> str:
-    """``op`` as the ops spell it: a string as given, a ``ReduceOp`` by its lower-case name.
-
-    A ReduceOp the ops lack (BAND, PREMUL_SUM, ...) becomes ``"ReduceOp.<NAME>"``, which the
-    shape rule rejects with the list of supported reductions.
-    """
-    if isinstance(op, str):
-        return op
-    name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
-    if not isinstance(name, str):
-        raise TypeError(
-            f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
-            f"got {type(op).__name__}"
-        )
-    return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
 
 
 def _reduced(inputs: Tensors, op: str) -> torch.Tensor:
@@ -105,7 +85,7 @@ def _reduced(inputs: Tensors, op: str) -> torch.Tensor:
 def all_reduce(x: torch.Tensor, op: ReduceOpLike = "sum", group: GroupLike = None) -> torch.Tensor:
     """Reduce ``x`` over the group; every rank gets the result in a new tensor."""
     _, name = group_and_name(group, "all_reduce")
-    return ops.all_reduce(x, _reduce_op(op, "all_reduce"), name)
+    return ops.all_reduce(x, reduce_op_name(op, "all_reduce"), name)
 
 
 # -- broadcast ------------------------------------------------------------------------------------
@@ -199,7 +179,7 @@ def reduce_scatter(
 ) -> torch.Tensor:
     """Reduce ``x`` over the group and keep this rank's equal slice along ``dim``."""
     pg, name = group_and_name(group, "reduce_scatter")
-    return ops.reduce_scatter(x, dim, _reduce_op(op, "reduce_scatter"), pg.size(), name)
+    return ops.reduce_scatter(x, dim, reduce_op_name(op, "reduce_scatter"), pg.size(), name)
 
 
 # -- reduce_scatterv ------------------------------------------------------------------------------
@@ -225,7 +205,7 @@ def reduce_scatterv(
     """Reduce ``x`` over the group and keep this rank's ``sizes[rank]`` slices along ``dim``."""
     pg, name = group_and_name(group, "reduce_scatterv")
     check_one_per_rank("reduce_scatterv", pg, sizes, "sizes")
-    op = _reduce_op(op, "reduce_scatterv")
+    op = reduce_op_name(op, "reduce_scatterv")
     return ops.reduce_scatterv(x, list(sizes), dim, op, pg.rank(), name)
 
 

@@ -26,7 +26,7 @@ from torch.distributed import ProcessGroup
 from fake_impls import collectives as shapes
 
 from ..groups import GroupError, GroupLike, group_and_name, serves_device
-from .arguments import all_to_all_splits
+from .arguments import ReduceOpLike, all_to_all_splits, reduce_op_name
 
 ENV_VAR = "COMPILE_OPS_FUNCTIONAL_COLLECTIVES"
 
@@ -133,7 +133,8 @@ def _wait(t: torch.Tensor) -> torch.Tensor:
     return _funcol.wait_tensor(t)
 
 
-def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
+def all_reduce(x: torch.Tensor, op: ReduceOpLike = "sum", group: GroupLike = None) -> torch.Tensor:
+    op = reduce_op_name(op, "all_reduce")
     _validate("all_reduce", shapes.all_reduce_shape, x, op, reduce_op=op)
     pg, name = _group(group, "all_reduce", x)
     divide = op == "avg" and pg._get_backend_name() not in _NATIVE_AVG
@@ -161,8 +162,9 @@ def all_gather(x: torch.Tensor, dim: int = 0, group: GroupLike = None) -> torch.
 
 
 def reduce_scatter(
-    x: torch.Tensor, dim: int = 0, op: str = "sum", group: GroupLike = None
+    x: torch.Tensor, dim: int = 0, op: ReduceOpLike = "sum", group: GroupLike = None
 ) -> torch.Tensor:
+    op = reduce_op_name(op, "reduce_scatter")
     pg, name = _group(group, "reduce_scatter", x)
     n = pg.size()
     _validate("reduce_scatter", shapes.reduce_scatter_shape, x, dim, op, n, reduce_op=op)
