@@ -34,6 +34,7 @@ from compile_ops.moe import (
     ShardedMoEBlock,
     compute,
     mark_token_dim,
+    resolve_experts_impl,
 )
 
 SHAPES = {  # hidden, intermediate, experts, top-k
@@ -282,8 +283,7 @@ def environment(device) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["bf16_matmul_tflops"] = round(matmul_ceiling(device))
         env["auto"] = {
-            str(dt): compute.resolve_experts_impl(device, dt)
-            for dt in (torch.bfloat16, torch.float32)
+            str(dt): resolve_experts_impl(device, dt) for dt in (torch.bfloat16, torch.float32)
         }
     return env
 

@@ -1,9 +1,9 @@
 """Gradients of the collectives: exact where the adjoint is unambiguous, refused elsewhere."""
 
-import autograd_workers as aw
 import pytest
 import torch
-import workers
+from helpers import autograd_workers as aw
+from helpers import workers
 
 GRADIENT_OPS = [
     "all_gather",

@@ -10,7 +10,7 @@ import re
 import sys
 
 import pytest
-import torch
+from helpers import workers
 
 import compile_ops
 from compile_ops.cli import bench, main
@@ -115,23 +115,10 @@ def test_quick_configuration_and_flags():
 # the generated code), so the check is on which op is called, plus no copy/clone anywhere.
 
 
-def _generated_call(op_name):
-    from torch._inductor.utils import run_and_get_code
-
-    op = getattr(compile_ops, op_name)
-
-    def fn(x):
-        return op(x * 2) + 1  # x * 2 is dead after the collective
-
-    torch._dynamo.reset()
-    _, sources = run_and_get_code(torch.compile(fn, fullgraph=True), torch.arange(8.0))
-    (source,) = sources
-    return source[source.index("def call(") : source.index("\nrunner = ")]
-
-
 @pytest.mark.parametrize("op_name", sorted(compile_ops.reinplace.INPLACE_TWINS))
 def test_dead_input_is_reused_without_a_copy(world, op_name):
-    call = world(2).run(_generated_call, op_name)[0]
+    code = world(2).run(workers.generated_code, op_name, False)[0][0]
+    call = code[code.index("def call(") : code.index("\nrunner = ")]
     assert f"torch.ops.compile_ops.{op_name}_.default(" in call, call
     assert f"torch.ops.compile_ops.{op_name}.default(" not in call, call
     assert not re.search(r"clone|copy", call), call

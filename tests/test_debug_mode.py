@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
-import debug_workers as dw
 import pytest
-import workers
+from helpers import debug_workers as dw
+from helpers import workers
 
 # case: words every rank's message must contain ({last} is the last rank)
 EXPECTED = {

@@ -3,7 +3,7 @@
 import re
 
 import pytest
-import workers
+from helpers import workers
 
 from compile_ops.testing.cases import OPS
 

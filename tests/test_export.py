@@ -1,7 +1,7 @@
 """A program exported with an alias keeps the alias, so it loads wherever the alias is registered
 (not only where groups were created in the same order)."""
 
-from group_workers import export_with_alias, load_with_alias
+from helpers.group_workers import export_with_alias, load_with_alias
 
 from compile_ops.testing.pool import WorkerPool
 

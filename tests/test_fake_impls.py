@@ -3,7 +3,8 @@
 import pytest
 import torch
 import torch.distributed as dist
-from scratch_library import ScratchLibrary
+from helpers import collective_workers
+from helpers.scratch_library import ScratchLibrary
 
 import compile_ops  # noqa: F401 - defines torch.ops.compile_ops
 import fake_impls
@@ -34,12 +35,8 @@ def test_audit_reports_compile_ops_all_green():
     assert not dist.is_initialized(), "the audit left its world-of-one group behind"
 
 
-def _audit_on_rank():
-    return [(r.op, r.status, r.opcheck, r.problems) for r in audit("compile_ops")]
-
-
 def test_audit_on_every_rank_of_a_world_with_uneven_samples(world):
-    for per_rank in world(2).run(_audit_on_rank):
+    for per_rank in world(2).run(collective_workers.audit_rows):
         assert [r for r in per_rank if r[1:3] != ("ok", "pass")] == []
 
 

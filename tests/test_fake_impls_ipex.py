@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from scratch_library import ScratchLibrary
+from helpers.scratch_library import ScratchLibrary
 
 import fake_impls
 from compile_ops.cli.audit import format_reports

@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
-import group_workers
 import pytest
 import torch
+from helpers import group_workers
 
 FUNCOL_OPS = {
     "_c10d_functional.all_reduce",

@@ -1,7 +1,7 @@
 """Ranks of one machine share Inductor's FX graph cache: a rank-dependent shape must not leak."""
 
 import pytest
-import workers
+from helpers import workers
 
 from compile_ops.testing.pool import WorkerPool
 

@@ -3,8 +3,9 @@ present. Skipped where no GPU is present."""
 
 import pytest
 import torch
-import workers
 from conftest import gpu_worlds
+from helpers import collective_workers as cw
+from helpers import workers
 
 from compile_ops.ops import SPECS
 from compile_ops.testing.cases import OPS, Case, assert_case_results, dtype_cases, run_case
@@ -20,15 +21,11 @@ def test_nccl_eager_and_compiled_match_reference(world, op, dtype, world_size):
     assert_case_results(case, world(world_size, "nccl").run(run_case, case))
 
 
-def _run_cases(cases):
-    return [run_case(case, ("eager",)) for case in cases]
-
-
 @pytest.mark.parametrize("world_size", gpu_worlds(1, 2))
 def test_nccl_every_documented_dtype(world, world_size):
     """int16 and the unsigned ints (which NCCL lacks) as bytes or widened, float8, bool, complex."""
     cases = [case.with_(device="cuda") for case in dtype_cases(world_size)]
-    per_rank = world(world_size, "nccl").run(_run_cases, cases)
+    per_rank = world(world_size, "nccl").run(cw.run_eager, cases)
     for i, case in enumerate(cases):
         assert_case_results(case, [rank_results[i] for rank_results in per_rank], ("eager",))
 

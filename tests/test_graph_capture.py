@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from capture_workers import (
+from conftest import gpu_worlds
+from helpers.capture_workers import (
     gloo_refusals,
     moe_capacity_dropped,
     moe_capacity_replays,
@@ -11,8 +12,7 @@ from capture_workers import (
     replay_matches_eager,
     stream_and_status,
 )
-from conftest import gpu_worlds
-from moe_workers import CONFIG
+from helpers.moe_workers import CONFIG
 
 from compile_ops.graph_capture import (
     CapturedGraph,

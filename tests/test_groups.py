@@ -2,9 +2,9 @@
 a destroyed group raises on every rank (eager, and in code compiled before it was destroyed), and
 group= accepts what functional collectives accept."""
 
-import group_workers
 import pytest
 import torch
+from helpers import group_workers
 
 from compile_ops.testing.pool import WorkerPool
 

@@ -15,6 +15,9 @@ inductor_patches/ (``ast`` only: no module is imported or run).
 * No module is longer than 400 lines.
 * ``torch.cuda`` appears only in the modules of ``CUDA_ONLY`` (every other module reaches the
   device through ``torch.accelerator`` or the group's backend).
+* The diagram in docs/architecture.md has an arrow for each part that imports from another, and
+  no other: its parts are ``compile_ops`` (the package's ``__init__``), each module and
+  subpackage directly inside it, ``fake_impls`` and ``inductor_patches``.
 
 Each test lists every violation it finds; ``python tests/test_import_rules.py`` prints them all.
 """
@@ -22,6 +25,7 @@ Each test lists every violation it finds; ``python tests/test_import_rules.py`` 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -338,6 +342,72 @@ def test_no_module_over_the_line_limit():
 
 def test_torch_cuda_only_in_cuda_only_modules():
     _assert_none("torch.cuda outside CUDA_ONLY")
+
+
+# --- the diagram of docs/architecture.md ---------------------------------------------------------
+
+DIAGRAM = ROOT / "docs" / "architecture.md"
+
+
+def diagram_parts() -> set[str]:
+    """What the diagram must show: the package's ``__init__``, every module and subpackage
+    directly inside ``compile_ops``, and the two packages it builds on, each as one part."""
+    inner = {m for m in modules() if m.startswith("compile_ops.") and m.count(".") == 1}
+    return {"compile_ops", *inner, *INDEPENDENT}
+
+
+def part_of(module: str) -> str:
+    return max((part for part in diagram_parts() if inside(module, part)), key=len)
+
+
+def part_arrows() -> set[tuple[str, str]]:
+    """(importer, imported) for every pair of parts one of whose modules imports from the other
+    (at module level or in a function; not under ``if TYPE_CHECKING:``)."""
+    return {
+        (part_of(imp.importer), part_of(imp.target))
+        for imp in imports()
+        if not imp.type_only and part_of(imp.importer) != part_of(imp.target)
+    }
+
+
+def drawn(markdown: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """The parts and arrows of the mermaid block: ``id["module"]`` names a part, ``a --> b`` on a
+    line of its own says that a imports from b."""
+    block = re.search(r"```mermaid\n(.*?)```", markdown, re.S)
+    assert block, f"{DIAGRAM.relative_to(ROOT)} has no mermaid block"
+    text = block.group(1)
+    names = dict(re.findall(r"(\w+)\[\"([\w.]+)\"\]", text))
+    arrows = set()
+    for line in text.splitlines():
+        if not re.search(r"--|==|-\.", line):
+            continue
+        found = re.fullmatch(r"\s*(\w+)\s*-->\s*(\w+)\s*", line)
+        assert found, f"diagram line {line.strip()!r}: write each arrow as `a --> b`, alone"
+        a, b = found.groups()
+        assert a in names and b in names, f"diagram arrow {a} --> {b}: a part without a name"
+        arrows.add((names[a], names[b]))
+    return set(names.values()), arrows
+
+
+def test_architecture_diagram_matches_the_imports():
+    parts, arrows = drawn(DIAGRAM.read_text())
+    assert parts == diagram_parts(), (
+        f"parts missing from the diagram: {sorted(diagram_parts() - parts)}; "
+        f"drawn but not in the tree: {sorted(parts - diagram_parts())}"
+    )
+    real = part_arrows()
+    assert arrows == real, (
+        f"imports the diagram lacks: {sorted(real - arrows)}; "
+        f"arrows no import backs: {sorted(arrows - real)}"
+    )
+
+
+def test_the_diagram_reader_reads_parts_and_arrows():
+    text = 'x\n```mermaid\nflowchart TD\n  a["p.a"]\n  b["p.b"]\n  a --> b\n```\n'
+    assert drawn(text) == ({"p.a", "p.b"}, {("p.a", "p.b")})
+    for wrong in ('b["p.b"] --> a', "a --> c", "a -.-> b", "a --> b & a"):
+        with pytest.raises(AssertionError, match="diagram"):
+            drawn(text.replace("a --> b", wrong))
 
 
 # --- the checker checks itself on a small tree of its own -----------------------------------------

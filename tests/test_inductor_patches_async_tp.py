@@ -15,9 +15,9 @@ otherwise); where symmetric memory cannot run, that test is skipped with the ran
 the sequence-parallel tests still run.
 """
 
-import patch_workers
 import pytest
 import torch
+from helpers import patch_workers
 
 import inductor_patches
 from compile_ops.testing.pool import WorkerError, WorkerPool, get_pool

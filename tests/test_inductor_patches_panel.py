@@ -128,7 +128,7 @@ def test_program_fuzzer_with_patch_on_every_rank(record_property):
     profile) run on the same pools, so with the patches ``import compile_ops`` applied there:
     the default, checked here. A few programs here show that they reach the patched rule.
     """
-    import patch_workers
+    from helpers import patch_workers
 
     names = [p.name for p in inductor_patches.patches()]
     switches = inductor_patches.parse_switches(os.environ.get(inductor_patches.ENV_VAR, ""), names)

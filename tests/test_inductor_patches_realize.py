@@ -449,8 +449,8 @@ def test_tensor_parallel_stack_with_patch_matches_eager():
     One gloo rank in this process: the graph, the reinplacing and the lowering are those of any
     world size, without paying a compilation in every spawned rank.
     """
-    import patch_workers
     import torch.distributed as dist
+    from helpers import patch_workers
 
     layers = 2
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)

@@ -7,7 +7,13 @@ import pathlib
 import pytest
 import torch
 from conftest import gpu_worlds
-from moe_workers import SIGMOID, bad_inputs, run_block, run_block_on_accelerator, run_flipped
+from helpers.moe_workers import (
+    SIGMOID,
+    bad_inputs,
+    run_block,
+    run_block_on_accelerator,
+    run_flipped,
+)
 
 from compile_ops import moe
 from compile_ops.moe import MANAGERS, All2AllManager, MoEConfig

@@ -5,7 +5,7 @@ errors past the capacity; the per-peer bound; the reduce contract."""
 
 import pytest
 import torch
-from moe_workers import (
+from helpers.moe_workers import (
     CAPACITY,
     benchmark_script,
     capacity_argument_errors,

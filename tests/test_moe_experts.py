@@ -5,11 +5,11 @@ graph) skip without a GPU."""
 
 import pytest
 import torch
-from moe_experts_workers import run_sharded_vs_reference
+from helpers.moe_experts_workers import run_sharded_vs_reference
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from compile_ops.moe import MoEConfig, MoEWeights, compute, mark_token_dim, resolve_experts_impl
-from compile_ops.moe.experts import check_experts_impl, grouped_experts
+from compile_ops.moe.experts import check_experts_impl, local_experts
 
 CONFIG = MoEConfig(hidden=32, intermediate=48, experts=8, top_k=2)
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 5e-2}}
@@ -71,7 +71,7 @@ def _largest_intermediate(impl, dtype, n_local, rows=16):
     args, _, _ = _case(config, rows, 0, n_local, 0, dtype)
 
     def fn(*args):
-        return grouped_experts(*args, impl)
+        return local_experts(*args, impl)
 
     graph = make_fx(fn, tracing_mode="fake")(*args)
     return max(

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from moe_experts_workers import run_sharded
+from helpers.moe_experts_workers import run_sharded
 
 from compile_ops.moe import MoEBlock, MoEConfig, MoEWeights
 

@@ -1,9 +1,9 @@
 """The testing kit must catch each classic collective bug when it is swapped into our ops, and
 must test the layout it was given on every device."""
 
-import mutants
 import pytest
 import torch
+from helpers import mutants
 from hypothesis import HealthCheck, given, settings
 
 from compile_ops.testing.cases import Case

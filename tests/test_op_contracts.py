@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-import workers
+from helpers import collective_workers as cw
+from helpers import workers
 
 from compile_ops.ops import SPECS
 from compile_ops.testing.cases import OPS, Case
@@ -19,19 +20,10 @@ def test_opcheck_passes_for_every_overload(world, n):
         assert {op: fs for op, fs in failures.items() if fs} == {}, f"rank {rank}"
 
 
-def _storage_shared(case: Case):
-    import torch.distributed as dist
-
-    rank = dist.get_rank()
-    x = case.input(rank)
-    out = case.call(x, rank)
-    return out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-
-
 @pytest.mark.parametrize("op", OPS)
 def test_out_of_place_ops_never_return_their_input(world, op):
     case = Case(op, 2, uneven=SPECS[op].uneven)
-    assert world(2).run(_storage_shared, case) == [False, False]
+    assert world(2).run(cw.storage_shared, case) == [False, False]
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])

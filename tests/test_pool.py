@@ -5,60 +5,16 @@ result the parent cannot load, a dead rank, a timeout, a caller that stops waiti
 that the next jobs each get their own, distinct answers from every rank.
 """
 
-import os
 import pickle
 import signal
 import time
 
 import pytest
-import torch.distributed as dist
+from helpers import pool_workers as pw
 
 from compile_ops.testing.pool import ExchangeError, WorkerError, WorkerPool, WorkerTimeout
 
 WORLD = 2
-
-
-# --- run on the ranks (module level, so that they pickle) ---------------------------------------
-
-
-def echo(value):
-    return value, dist.get_rank()
-
-
-class NeedsTwoArguments(Exception):
-    """Pickles, but does not load: pickle rebuilds it from ``args``, which holds one message."""
-
-    def __init__(self, a, b):
-        super().__init__(f"{a} and {b}")
-
-
-def refuse_to_load():
-    raise RuntimeError("this object cannot be loaded")
-
-
-class LoadsNowhere:
-    def __reduce__(self):
-        return refuse_to_load, ()
-
-
-def on_rank(rank, action):
-    """``action`` on ``rank``; every other rank answers normally."""
-    if dist.get_rank() != rank:
-        return "fine"
-    if action == "raise unloadable":
-        raise NeedsTwoArguments("left", "right")
-    if action == "return unloadable":
-        return LoadsNowhere()
-    if action == "return unpicklable":
-        return lambda: 0
-    if action == "exit":
-        os._exit(3)
-    if action == "sleep":
-        time.sleep(30)
-    raise ValueError(action)
-
-
-# --- the tests ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +26,22 @@ def pool():
 
 
 def assert_jobs_get_their_own_answers(pool, jobs=10):
-    answers = [pool.run(echo, f"job {i}") for i in range(jobs)]
+    answers = [pool.run(pw.echo, f"job {i}") for i in range(jobs)]
     assert answers == [[(f"job {i}", rank) for rank in range(WORLD)] for i in range(jobs)]
 
 
 def test_a_job_that_does_not_pickle_for_one_rank_sends_nothing(pool):
-    pool.run(echo, "A")
+    pool.run(pw.echo, "A")
     with pytest.raises(pickle.PicklingError, match="the job for rank 1 does not pickle"):
-        pool.map(echo, [("B",), (lambda: 0,)])
-    assert pool.run(echo, "C") == [("C", 0), ("C", 1)]
-    assert pool.run(echo, "D") == [("D", 0), ("D", 1)]
+        pool.map(pw.echo, [("B",), (lambda: 0,)])
+    assert pool.run(pw.echo, "C") == [("C", 0), ("C", 1)]
+    assert pool.run(pw.echo, "D") == [("D", 0), ("D", 1)]
     assert_jobs_get_their_own_answers(pool)
 
 
 def test_an_exception_the_parent_cannot_load_arrives_as_its_traceback(pool):
     with pytest.raises(WorkerError, match="NeedsTwoArguments: left and right") as failed:
-        pool.run(on_rank, 1, "raise unloadable")
+        pool.run(pw.on_rank, 1, "raise unloadable")
     assert sorted(failed.value.failures) == [1] and failed.value.exceptions == {}
     assert "cannot be sent back" in failed.value.failures[1]
     assert_jobs_get_their_own_answers(pool)
@@ -100,20 +56,20 @@ def test_an_exception_the_parent_cannot_load_arrives_as_its_traceback(pool):
 )
 def test_a_result_that_cannot_cross_is_an_error_for_its_job_only(pool, action, message):
     with pytest.raises(WorkerError, match=message) as failed:
-        pool.run(on_rank, 1, action)
+        pool.run(pw.on_rank, 1, action)
     assert sorted(failed.value.failures) == [1]
     assert_jobs_get_their_own_answers(pool)
 
 
 def test_a_dead_rank_restarts_the_world(pool):
     with pytest.raises(ExchangeError, match=r"rank 1 died \(exit code 3\)"):
-        pool.run(on_rank, 1, "exit")
+        pool.run(pw.on_rank, 1, "exit")
     assert_jobs_get_their_own_answers(pool)
 
 
 def test_a_rank_past_the_timeout_restarts_the_world(pool):
     with pytest.raises(WorkerTimeout, match="rank 1 gave no answer within 1s"):
-        pool.run(on_rank, 1, "sleep", timeout=1)
+        pool.run(pw.on_rank, 1, "sleep", timeout=1)
     assert_jobs_get_their_own_answers(pool)
 
 

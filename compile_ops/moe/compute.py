@@ -1,11 +1,13 @@
-"""The arithmetic of an MoE block: routing and SiLU-gated experts. No communication here."""
+"""The arithmetic of an MoE block: routing and SiLU-gated experts. No communication here.
+
+``local_experts`` (the grouped compute of this rank's experts) lives in experts.py."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .experts import grouped_experts, resolve_experts_impl
+from .experts import local_experts
 from .routing import route
 
 __all__ = [
@@ -28,31 +30,6 @@ def pack_local_experts(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor)
     them: ``gate_up`` ``[El, 2I, H]`` (gate rows, then up rows: transformers' fused layout) and
     ``down`` ``[El, H, I]``, contiguous."""
     return torch.cat([gate, up], dim=1).contiguous(), down.contiguous()
-
-
-def local_experts(
-    x: torch.Tensor,
-    ids: torch.Tensor,
-    weights: torch.Tensor,
-    expert_ids: torch.Tensor,
-    gate_up: torch.Tensor,
-    down: torch.Tensor,
-    impl: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's share of ``sum_k weights[:, k] * expert[ids[:, k]](x)``, in float32.
-
-    ``expert_ids`` ``[El]`` are the consecutive global ids of the experts packed in
-    ``gate_up``/``down`` by :func:`pack_local_experts` (whole experts or TP slices). Routes to
-    experts held elsewhere, and padding rows (any id outside ``expert_ids``), contribute
-    nothing. Only the routed (row, local expert) pairs are computed, grouped on the device
-    (experts.py), so one compiled graph serves any routing and any row count. Also returns the
-    routing mass this rank covered per row, ``[R]`` (the debug check of the reduce contract
-    sums it). ``impl``: one of ``experts.EXPERTS_IMPLS`` but "auto", resolved; None: resolved
-    here from the weights' device and dtype.
-    """
-    if impl is None:
-        impl = resolve_experts_impl(gate_up.device, gate_up.dtype)
-    return grouped_experts(x, ids, weights, expert_ids, gate_up, down, impl)
 
 
 def reference_experts(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w) -> torch.Tensor:

@@ -58,22 +58,28 @@ def group_pairs(ids: torch.Tensor, first_expert: torch.Tensor, n_local: int) -> 
     return Grouping(order, ends, valid)
 
 
-def grouped_experts(
+def local_experts(
     x: torch.Tensor,
     ids: torch.Tensor,
     weights: torch.Tensor,
     expert_ids: torch.Tensor,
     gate_up: torch.Tensor,
     down: torch.Tensor,
-    impl: str,
+    impl: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sum_k weights[:, k] * expert[ids[:, k]](x)`` over this rank's experts, ``[R, H]``
-    float32, and the routing mass they covered per row ``[R]``.
+    """This rank's share of ``sum_k weights[:, k] * expert[ids[:, k]](x)``, ``[R, H]`` in
+    float32, and the routing mass this rank covered per row, ``[R]`` (the debug check of the
+    reduce contract sums it).
 
-    ``expert_ids`` ``[El]``: the consecutive global ids of the experts in ``gate_up``
-    ``[El, 2I, H]`` (gate rows, then up rows) and ``down`` ``[El, H, I]``. ``impl``: a resolved
-    name (not ``"auto"``).
+    ``expert_ids`` ``[El]`` are the consecutive global ids of the experts packed in ``gate_up``
+    ``[El, 2I, H]`` (gate rows, then up rows) and ``down`` ``[El, H, I]`` (whole experts or TP
+    slices; see ``compute.pack_local_experts``). Routes to experts held elsewhere, and padding
+    rows (any id outside ``expert_ids``), contribute nothing. ``impl``: one of
+    ``EXPERTS_IMPLS`` but "auto", resolved; None: resolved here from the weights' device and
+    dtype (:func:`resolve_experts_impl`).
     """
+    if impl is None:
+        impl = resolve_experts_impl(gate_up.device, gate_up.dtype)
     rows, k = ids.shape
     g = group_pairs(ids, expert_ids[0], expert_ids.shape[0])
     valid = g.valid.view(rows, k)

@@ -221,13 +221,9 @@ def _padding_rows(rows, x: torch.Tensor, k: int) -> torch.Tensor:
     return _wire(x.new_zeros((rows, x.shape[1])), _pack_routing(ids, weights))
 
 
-class CapacityNaiveManager(All2AllManager):
-    """naive in capacity mode: all_gather every rank's ``per_rank`` rows (its tokens, then
-    padding); ``combine`` returns the partial outputs of all ``n * per_rank`` rows unreduced,
-    the block all_reduces them and each rank keeps its own."""
-
-    name = "naive"
-    output_is_reduced = False
+class _CapacityMode:
+    """The construction of the capacity-mode managers (mixed in before All2AllManager): the
+    bounds, agreed on by every rank of the group (a collective)."""
 
     def __init__(
         self, layout: Layout, experts: int, device: torch.device | str, capacity: Capacity
@@ -235,6 +231,15 @@ class CapacityNaiveManager(All2AllManager):
         super().__init__(layout, experts, device)
         self.capacity = capacity
         capacity.agree(self.comm, torch.device(device))
+
+
+class CapacityNaiveManager(_CapacityMode, All2AllManager):
+    """naive in capacity mode: all_gather every rank's ``per_rank`` rows (its tokens, then
+    padding); ``combine`` returns the partial outputs of all ``n * per_rank`` rows unreduced,
+    the block all_reduces them and each rank keeps its own."""
+
+    name = "naive"
+    output_is_reduced = False
 
     def dispatch(self, x, topk_ids, topk_weights):
         wire = _padded_wire(self.capacity, self.comm, x, topk_ids, topk_weights)
@@ -263,7 +268,7 @@ class CapacityAgRsManager(CapacityNaiveManager):
         return out.narrow(0, 0, n_tokens)
 
 
-class CapacityAllToAllManager(All2AllManager):
+class CapacityAllToAllManager(_CapacityMode, All2AllManager):
     """all_to_all in capacity mode: a fixed buffer of ``per_peer`` rows for each peer holds the
     tokens routed to it (in token order, then padding), exchanged with equal static splits; the
     partial outputs come back the same way and are summed per token.
@@ -279,9 +284,7 @@ class CapacityAllToAllManager(All2AllManager):
     def __init__(
         self, layout: Layout, experts: int, device: torch.device | str, capacity: Capacity
     ) -> None:
-        super().__init__(layout, experts, device)
-        self.capacity = capacity
-        capacity.agree(self.comm, torch.device(device))
+        super().__init__(layout, experts, device, capacity)
         self.register_buffer("owners", layout.owners(experts).to(device), persistent=False)
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.register_buffer("dropped", zero, persistent=False)

@@ -2,11 +2,13 @@
 
     spec.py         OpSpec: what one row says about an op (schema, shape rule, kernel, twin,
                     wrapper, samples, reference) and what follows from it
-    collectives.py  the rows, each beside its public wrapper and reference: SPECS
+    collectives.py  the rows, each decorating its public wrapper, beside its reference: SPECS
+    arguments.py    argument rules of the wrappers, shared with their functional twins
     kernels.py      eager kernels: the communication over a ProcessGroup
     backend.py      what the kernels need per call (options, group lookup, dtype carriage)
     register.py     the one loop that defines every row with torch.library
     consistency.py  debug mode: each kernel first checks its arguments against every rank's
+    funcol.py       the opt-in switch to torch's functional collectives (the wrappers' twins)
     autograd.py     gradients where the adjoint is unambiguous; refusals and conjugate pairs
 
 Importing this package defines the ops. Shape rules and fakes live in ``fake_impls.collectives``.

@@ -26,6 +26,7 @@ from torch.distributed import ProcessGroup
 from fake_impls import collectives as shapes
 
 from ..groups import GroupError, GroupLike, group_and_name, serves_device
+from .arguments import ReduceOpLike, all_to_all_splits, reduce_op_name
 
 ENV_VAR = "COMPILE_OPS_FUNCTIONAL_COLLECTIVES"
 
@@ -132,7 +133,8 @@ def _wait(t: torch.Tensor) -> torch.Tensor:
     return _funcol.wait_tensor(t)
 
 
-def all_reduce(x: torch.Tensor, op: str = "sum", group: GroupLike = None) -> torch.Tensor:
+def all_reduce(x: torch.Tensor, op: ReduceOpLike = "sum", group: GroupLike = None) -> torch.Tensor:
+    op = reduce_op_name(op, "all_reduce")
     _validate("all_reduce", shapes.all_reduce_shape, x, op, reduce_op=op)
     pg, name = _group(group, "all_reduce", x)
     divide = op == "avg" and pg._get_backend_name() not in _NATIVE_AVG
@@ -160,8 +162,9 @@ def all_gather(x: torch.Tensor, dim: int = 0, group: GroupLike = None) -> torch.
 
 
 def reduce_scatter(
-    x: torch.Tensor, dim: int = 0, op: str = "sum", group: GroupLike = None
+    x: torch.Tensor, dim: int = 0, op: ReduceOpLike = "sum", group: GroupLike = None
 ) -> torch.Tensor:
+    op = reduce_op_name(op, "reduce_scatter")
     pg, name = _group(group, "reduce_scatter", x)
     n = pg.size()
     _validate("reduce_scatter", shapes.reduce_scatter_shape, x, dim, op, n, reduce_op=op)
@@ -178,29 +181,12 @@ def all_to_all(
     group: GroupLike = None,
 ) -> torch.Tensor:
     pg, name = _group(group, "all_to_all", x)
-    n = pg.size()
-    if output_split_sizes is None and input_split_sizes is None:
-        if x.shape[0] % n != 0:
-            raise ValueError(
-                f"compile_ops.all_to_all: x.shape[0]={x.shape[0]} is not divisible by the group "
-                f"size {n} (pass split sizes for uneven splits)"
-            )
-        output_split_sizes = input_split_sizes = [x.shape[0] // n] * n
-    elif output_split_sizes is None or input_split_sizes is None:
-        raise ValueError(
-            "compile_ops.all_to_all: give both output_split_sizes and input_split_sizes, or neither"
-        )
-    for arg, sizes in (
-        ("output_split_sizes", output_split_sizes),
-        ("input_split_sizes", input_split_sizes),
-    ):
-        if len(sizes) != n:
-            raise GroupError(
-                f"compile_ops.all_to_all: len({arg}) is {len(sizes)} but the group has {n} ranks"
-            )
+    output_split_sizes, input_split_sizes = all_to_all_splits(
+        x, pg, output_split_sizes, input_split_sizes
+    )
     _validate("all_to_all", shapes.all_to_all_shape, x, output_split_sizes, input_split_sizes)
     wire = _wire(x.contiguous())
-    out = _funcol.all_to_all_single(wire, list(output_split_sizes), list(input_split_sizes), name)
+    out = _funcol.all_to_all_single(wire, output_split_sizes, input_split_sizes, name)
     return _unwire(_wait(out), x.dtype)
 
 

@@ -5,7 +5,6 @@ import gc
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from workers import raises
 
 import compile_ops
 from compile_ops.graph_capture import (
@@ -15,6 +14,8 @@ from compile_ops.graph_capture import (
     graph_capture,
     is_capturing,
 )
+
+from .workers import raises
 
 
 def _device() -> torch.device:
@@ -174,7 +175,7 @@ def moe_replay_matches_eager(manager: str, sizes: list[int], rounds: int):
     Only managers that never read a count back to the host can be captured; at world 1 those
     are naive and agrs (see docs/graph_capture.md).
     """
-    from moe_workers import CONFIG, _block
+    from .moe_workers import CONFIG, _block
 
     torch._dynamo.reset()
     device = _device()
@@ -198,9 +199,9 @@ def moe_replay_matches_eager(manager: str, sizes: list[int], rounds: int):
 def _capacity_block(manager: str, kind: str, capacity: int, per_peer=None):
     """A compiled capacity-mode block (bf16) on this rank's device, its eager self, the
     reference and the layout."""
-    from moe_workers import CONFIG, layout
-
     from compile_ops.moe import MoEBlock, MoEWeights, ShardedMoEBlock
+
+    from .moe_workers import CONFIG, layout
 
     torch._dynamo.reset()
     lay = layout(kind)
@@ -212,7 +213,7 @@ def _capacity_block(manager: str, kind: str, capacity: int, per_peer=None):
 
 
 def _bf16_tokens(size: int, seed: int) -> tuple[torch.Tensor]:
-    from moe_workers import CONFIG
+    from .moe_workers import CONFIG
 
     return (_inputs(size, CONFIG.hidden, _device(), seed).to(torch.bfloat16),)
 
@@ -247,9 +248,9 @@ def moe_capacity_dropped(capacity: int, per_peer: int, rounds: int):
     """The all_to_all block (EP) with a tight ``max_tokens_per_peer``, captured for
     ``capacity`` tokens and replayed on fresh tokens: (the manager's ``dropped`` counter after
     the replays, the sends past the per-peer buffers counted from the routing)."""
-    from moe_workers import CONFIG
-
     from compile_ops.moe import compute
+
+    from .moe_workers import CONFIG
 
     compiled, block, _, lay = _capacity_block("all_to_all", "ep", capacity, per_peer)
     graph = capture_sizes(compiled, [capacity], lambda s: _bf16_tokens(s, -s), groups=[lay.group])

@@ -2,9 +2,10 @@
 
 import torch
 import torch.distributed as dist
-from workers import op_samples, raises
 
 import compile_ops
+
+from .workers import op_samples, raises
 
 
 def _mismatches(r: int, n: int) -> dict:

@@ -18,6 +18,8 @@ from compile_ops.moe import (
     mark_token_dim,
 )
 
+from .workers import raises
+
 CONFIG = MoEConfig(hidden=16, intermediate=32, experts=8, top_k=2, shared_intermediate=16)
 SIGMOID = MoEConfig(
     hidden=16, intermediate=32, experts=8, top_k=3, scoring="sigmoid", renormalize=False
@@ -130,15 +132,6 @@ def run_block_on_accelerator(manager: str, kind: str, dtype: torch.dtype, steps:
     return run_block(manager, kind, dtype, steps, "inductor", True, CONFIG, device)
 
 
-def raises(fn, *args, **kwargs):
-    """``(exception type name, message)`` of ``fn(*args, **kwargs)``, or None if it did not raise."""
-    try:
-        fn(*args, **kwargs)
-    except Exception as e:
-        return type(e).__name__, str(e)
-    return None
-
-
 def bad_inputs():
     """The error of each misuse (runs on every rank of a 4-rank world)."""
     from compile_ops.moe import make_manager
@@ -148,6 +141,9 @@ def bad_inputs():
     odd = MoEConfig(hidden=16, intermediate=30, experts=8, top_k=2)
     wide = MoEConfig(hidden=24, intermediate=32, experts=8, top_k=2)
     block = ShardedMoEBlock(CONFIG, weights, Layout.ep(None))
+    layout(
+        "tp_ep"
+    )  # the grid's groups, moe_tp and moe_ep, exist from here on (whatever ran before)
     return {
         "experts": raises(ShardedMoEBlock, six, MoEWeights.random(six), Layout.ep(None)),
         "intermediate": raises(ShardedMoEBlock, odd, MoEWeights.random(odd), Layout.tp(None)),
@@ -411,7 +407,7 @@ def benchmark_script(name: str):
     import sys
 
     if name not in sys.modules:
-        path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[name])

@@ -4,9 +4,10 @@ import math
 
 import torch
 import torch.distributed as dist
-from workers import raises
 
 import compile_ops
+
+from .workers import raises
 
 ops = torch.ops.compile_ops
 

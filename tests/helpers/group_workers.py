@@ -227,6 +227,8 @@ def _collectives_program(x, y, splits_out, splits_in):
         compile_ops.all_gather(x, dim=1),
         compile_ops.reduce_scatter(x, dim=0),
         compile_ops.reduce_scatter(x, dim=1, op="avg"),
+        compile_ops.all_reduce(x, dist.ReduceOp.MIN),  # torch.distributed's spelling
+        compile_ops.reduce_scatter(x, 0, dist.ReduceOp.AVG),
         compile_ops.all_to_all(y, splits_out, splits_in),
         compile_ops.broadcast(x, src=n - 1),
     )
