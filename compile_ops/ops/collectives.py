@@ -53,6 +53,13 @@ def _check_count(op: str, name: str, given: int, group_size: int) -> None:
         )
 
 
+@torch.compiler.assume_constant_result
+def _refuse(kind: str, message: str) -> None:
+    # Like _check_count: called, not traced, by Dynamo, so the error reaches the caller as itself
+    # (see error_class), not as Dynamo's "Observed exception" of an error raised in traced code.
+    raise error_class({"ValueError": ValueError, "TypeError": TypeError}[kind])(message)
+
+
 def _reduce_op(op: ReduceOpLike, fn: str) -> str:
     """``op`` as the ops spell it: a string as given, a ``ReduceOp`` by its lower-case name.
 
@@ -63,9 +70,10 @@ def _reduce_op(op: ReduceOpLike, fn: str) -> str:
         return op
     name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
     if not isinstance(name, str):
-        raise TypeError(
+        _refuse(
+            "TypeError",
             f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
-            f"got {type(op).__name__}"
+            f"got {type(op).__name__}",
         )
     return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
 
@@ -311,14 +319,16 @@ def all_to_all(
     if output_split_sizes is None and input_split_sizes is None:
         n = pg.size()
         if x.shape[0] % n != 0:
-            raise ValueError(
+            _refuse(
+                "ValueError",
                 f"compile_ops.all_to_all: x.shape[0]={x.shape[0]} is not divisible by the group "
-                f"size {n} (pass split sizes for uneven splits)"
+                f"size {n} (pass split sizes for uneven splits)",
             )
         output_split_sizes = input_split_sizes = [x.shape[0] // n] * n
     elif output_split_sizes is None or input_split_sizes is None:
-        raise ValueError(
-            "compile_ops.all_to_all: give both output_split_sizes and input_split_sizes, or neither"
+        _refuse(
+            "ValueError",
+            "compile_ops.all_to_all: give both output_split_sizes and input_split_sizes, or neither",
         )
     _check_one_per_rank("all_to_all", pg, output_split_sizes, "output_split_sizes")
     _check_one_per_rank("all_to_all", pg, input_split_sizes, "input_split_sizes")
