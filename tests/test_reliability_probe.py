@@ -1,8 +1,9 @@
 """A small subset of the reliability probe (benchmarks/reliability_probe.py), so it cannot rot.
 
-World 2, debug mode on, eager and compiled: one cross-rank mismatch of each kind, a bad input,
-a valid call whose ranks name one group differently, a gradient, a stale group and the pool's
-abuses. Each case must land in the class stated here; none may give a wrong result, hang or
+World 2, debug mode on, eager and compiled: one cross-rank mismatch of each kind, bad inputs
+(among them errors of the public functions, which compiled code must report as eager code does),
+a valid call whose ranks name one group differently, a gradient, stale and destroyed groups and
+the pool's abuses. Each case must land in the class stated here; none may give a wrong result, hang or
 crash. The full probe (both worlds, debug off and on, every case) runs by hand; its counts are
 in docs/benchmarks.md.
 """
@@ -29,6 +30,11 @@ EXPECTED = {
     "mismatch: gather dst": "clear",
     "mismatch: collective": "clear",
     "bad input: all_to_all split sum": "clear",
+    # Raised by the public function while Dynamo traces it: still the package's error, compiled.
+    "bad input: all_to_all one split list": "clear",
+    "bad input: all_reduce op=3": "clear",
+    "bad input: all_reduce group='probe_missing'": "clear",
+    "group: alias of a destroyed group": "clear",
     "valid: all_reduce group=mixed": "correct",
     "autograd: all_gatherv uneven": "correct",
     "group: stale subgroup after re-init": "clear",
@@ -38,8 +44,10 @@ POOL_ABUSES = 5
 
 @pytest.fixture(scope="module")
 def records():
+    # A generous group timeout: none of these cases may wait at all, and a loaded CI machine
+    # must not turn a slow compile on one rank into a timeout on the other.
     return reliability_probe.probe(
-        (2,), (True,), select=lambda key: key in EXPECTED or key == "pool"
+        (2,), (True,), select=lambda key: key in EXPECTED or key == "pool", group_timeout=60.0
     )
 
 
