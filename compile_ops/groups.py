@@ -35,6 +35,8 @@ from torch.distributed import ProcessGroup
 from torch.distributed import distributed_c10d as c10d
 from torch.distributed.device_mesh import DeviceMesh  # imported by torch.distributed already
 
+from fake_impls.collectives import error_class
+
 GroupLike = ProcessGroup | str | DeviceMesh | tuple[DeviceMesh, int] | list[int] | None
 
 # The names torch gives groups: str(counter), and sha1 hex digests (new_group with
@@ -148,7 +150,9 @@ def group_from_name(group_name: str, op: str) -> ProcessGroup:
 
 def _bind_live(pg: ProcessGroup, op: str) -> str:
     if not _is_live(pg):
-        raise GroupError(f"compile_ops.{op}: the ProcessGroup passed has been destroyed")
+        raise error_class(GroupError)(
+            f"compile_ops.{op}: the ProcessGroup passed has been destroyed"
+        )
     name = _names.get(pg)
     if name is None:
         base = name = pg.group_name
@@ -176,7 +180,9 @@ def serves_device(pg: ProcessGroup, device_type: str) -> bool:
 @constant_result
 def _check_alias(pg: ProcessGroup, op: str, alias: str) -> bool:
     if not _is_live(_real(pg)):
-        raise GroupError(f"compile_ops.{op}: group={alias!r} is registered for a destroyed group")
+        raise error_class(GroupError)(
+            f"compile_ops.{op}: group={alias!r} is registered for a destroyed group"
+        )
     return True
 
 
@@ -187,7 +193,7 @@ def _bound_group(name: str, op: str) -> tuple[ProcessGroup, str]:
     marked constant to another."""
     pg = (_lookup if "#" in name else _lookup_torch)(name)
     if pg is None or not _is_live(pg):
-        raise GroupError(
+        raise error_class(GroupError)(
             f"compile_ops.{op}: group={name!r} is not a registered alias nor a live torch group "
             f"name; registered aliases: {sorted(_aliases)}"
         )
@@ -201,7 +207,7 @@ def _name_of_ranks(ranks: list[int], op: str) -> str:
     try:
         return _resolve_group_name(list(ranks))
     except ValueError:  # torch's message for ranks that match no group is empty
-        raise GroupError(
+        raise error_class(GroupError)(
             f"compile_ops.{op}: group={list(ranks)} matches no process group of this rank"
         ) from None
 
@@ -212,15 +218,26 @@ def _name_of_mesh_dim(group: DeviceMesh | tuple, op: str) -> str:
     from torch.distributed._functional_collectives import _resolve_group_name
 
     if isinstance(group, DeviceMesh) and group.ndim != 1:
-        raise GroupError(
+        raise error_class(GroupError)(
             f"compile_ops.{op}: group is a {group.ndim}-D DeviceMesh; pass (mesh, dim) or a 1-D "
             "mesh such as mesh['tp']"
         )
     if isinstance(group, tuple) and not (
         len(group) == 2 and isinstance(group[0], DeviceMesh) and isinstance(group[1], int)
     ):
-        raise TypeError(f"compile_ops.{op}: a tuple group must be (DeviceMesh, dim)")
+        raise error_class(TypeError)(f"compile_ops.{op}: a tuple group must be (DeviceMesh, dim)")
     return _resolve_group_name(group)
+
+
+_REFUSABLE = {"GroupError": GroupError, "ValueError": ValueError, "TypeError": TypeError}
+
+
+@constant_result
+def refuse(message: str, kind: str) -> None:
+    """Raise ``kind`` (named: its arguments must be constants) from code Dynamo traces. Dynamo
+    calls this function rather than tracing it, so the error reaches the caller as itself (see
+    ``error_class``), not as Dynamo's "Observed exception"."""
+    raise error_class(_REFUSABLE[kind])(message)
 
 
 def _default_group(op: str) -> ProcessGroup:
@@ -254,10 +271,11 @@ def group_and_name(group: GroupLike, op: str = "resolve_group") -> tuple[Process
     if isinstance(group, tuple) or isinstance(group, DeviceMesh):  # noqa: SIM101
         return _bound_group(_name_of_mesh_dim(group, op), op)
     if group is dist.GroupMember.NON_GROUP_MEMBER:
-        raise GroupError(f"compile_ops.{op}: this rank is not a member of the group passed")
-    raise TypeError(
+        refuse(f"compile_ops.{op}: this rank is not a member of the group passed", "GroupError")
+    refuse(
         f"compile_ops.{op}: group must be a ProcessGroup, a group name, a DeviceMesh, "
-        f"(DeviceMesh, dim), a list of ranks or None, got {type(group)}"
+        f"(DeviceMesh, dim), a list of ranks or None, got {type(group)}",
+        "TypeError",
     )
 
 

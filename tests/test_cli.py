@@ -100,6 +100,23 @@ def test_check_rows_cover_the_moe_model(world):
         assert (outcome.eager_ok, outcome.compiled_ok, outcome.graph_breaks) == (True, True, 0)
 
 
+def test_check_runs_every_op_in_every_documented_dtype(world):
+    from compile_ops.cli.check import check_dtypes, dtype_jobs
+    from compile_ops.testing.cases import OPS, Case, dtypes_for
+
+    jobs = dtype_jobs(2, "cpu", OPS)
+    assert [j.name for j in jobs] == [f"{op} x {len(dtypes_for(op))} dtypes" for op in OPS]
+    for job, op in zip(jobs, OPS, strict=True):
+        assert [c.dtype for c in job.args[0]] == list(dtypes_for(op))
+        for outcome in world(2).run(job.fn, *job.args):
+            assert (outcome.eager_ok, outcome.error) == (True, ""), job.name
+    # A dtype that fails is named in the row's error (complex is not documented for reductions).
+    bad = [Case("all_reduce", 2, dtype=torch.float32), Case("all_reduce", 2, dtype=torch.complex64)]
+    for outcome in world(2).run(check_dtypes, bad):
+        assert not outcome.eager_ok
+        assert outcome.error.startswith("complex64: ValueError: compile_ops.all_reduce: x.dtype")
+
+
 class _ScriptedWorld(worlds.World):
     """Answers each job with a scripted outcome and records what was printed before it ran."""
 

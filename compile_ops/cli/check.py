@@ -1,4 +1,5 @@
-"""``compile-ops check``: every op and the MoE model, eager and compiled, against a reference.
+"""``compile-ops check``: every op and the MoE model, eager and compiled, against a reference;
+every op eagerly in every dtype the user guide documents for it.
 
 By default it starts its own ranks (gloo on CPU, NCCL/XCCL when an accelerator is present).
 Under ``torchrun`` it joins that world instead, so the same command checks a multi-node job.
@@ -62,21 +63,75 @@ def collective_jobs(world_size: int, device: str, ops: tuple[str, ...]) -> list[
     return [Job("collectives", str(c), check_case, (c,)) for c in cases]
 
 
+def check_dtypes(cases) -> Outcome:
+    """On one rank: one op in each of its documented dtypes, eager, against the reference.
+
+    Eager only, to stay cheap (a compile per dtype would cost seconds each): the row's compiled
+    verdict is not run (shown as ``-``; ``compiled_ok`` true, ``graph_breaks`` 0 in JSON).
+    """
+    import torch.distributed as dist
+
+    from compile_ops.testing.compare import to_device_keeping_layout
+
+    rank = dist.get_rank()
+    with measure() as out:
+        failed = []
+        for case in cases:
+            dtype = str(case.dtype).removeprefix("torch.")
+            try:
+                x = to_device_keeping_layout(case.input(rank), case.device)
+                got = case.post(case.call(case.pre(x), rank))
+                if not close(got, case.expected()[rank].to(case.device)):
+                    failed.append(f"{dtype}: wrong result")
+            except Exception as e:  # the row names every dtype that fails, and why
+                failed.append(f"{dtype}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        out.eager_ok, out.compiled_ok, out.graph_breaks = not failed, True, 0
+        out.error = "; ".join(failed)
+    return out
+
+
+def dtype_jobs(world_size: int, device: str, ops: tuple[str, ...]) -> list[Job]:
+    """One row per op: the op in every dtype it documents (``cases.dtypes_for``)."""
+    from compile_ops.testing.cases import dtype_cases
+
+    by_op: dict[str, list] = {}
+    for case in dtype_cases(world_size):
+        if case.op in ops:
+            by_op.setdefault(case.op, []).append(case.with_(device=device))
+    return [
+        Job("dtypes", f"{op} x {len(cases)} dtypes", check_dtypes, (cases,))
+        for op, cases in by_op.items()
+    ]
+
+
 def _mark(ok: bool) -> str:
     return "ok" if ok else "FAIL"
 
 
 def cells(row: Row) -> list[str]:
+    eager_only = row.section == "dtypes"  # see check_dtypes
     return [
         row.section,
         row.name,
         str(row.world_size),
         row.backend,
         _mark(row.eager_ok),
-        _mark(row.compiled_ok),
-        str(row.graph_breaks),
+        "-" if eager_only else _mark(row.compiled_ok),
+        "-" if eager_only else str(row.graph_breaks),
         f"{row.seconds:.2f}s",
     ]
+
+
+def _dtype_note() -> str:
+    from compile_ops.testing.cases import DTYPES, REDUCIBLE_DTYPES
+
+    def names(dtypes):
+        return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+    return (
+        f"dtypes rows (eager): the reductions in {names(REDUCIBLE_DTYPES)}; the other ops also "
+        f"in {names(d for d in DTYPES if d not in REDUCIBLE_DTYPES)}"
+    )
 
 
 def patch_table() -> str:
@@ -163,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         progress.status("joining torchrun's world" if plan.size is None else "starting ranks")
     with plan.start() as world:
         device = worlds.device_for(world.backend, "compile-ops check")
-        jobs = collective_jobs(world.size, device, ops)
+        jobs = collective_jobs(world.size, device, ops) + dtype_jobs(world.size, device, ops)
         if not args.no_moe:
             jobs += moe_jobs(world.size, device)
         rows = run_jobs(world, jobs, progress, show_rows=not args.json)
@@ -173,5 +228,6 @@ def run(args: argparse.Namespace) -> int:
             for r in rows:
                 if r.error:
                     print(f"  {r.name}: {r.error}")
+            print(f"\n{_dtype_note()}")
             print(f"\n{sum(r.ok for r in rows)}/{len(rows)} checks passed")
     return 0 if all(r.ok for r in rows) else 1

@@ -14,7 +14,7 @@ from torch.distributed import ProcessGroup
 
 from fake_impls.collectives import REDUCE_OPS, error_class
 
-from ..groups import GroupError, constant_result
+from ..groups import GroupError, constant_result, refuse
 
 # A reduction: one of REDUCE_OPS, or torch.distributed's ReduceOp (dist.ReduceOp.SUM, ...).
 ReduceOpLike = str | dist.ReduceOp | dist.ReduceOp.RedOpType
@@ -30,9 +30,10 @@ def reduce_op_name(op: ReduceOpLike, fn: str) -> str:
         return op
     name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
     if not isinstance(name, str):
-        raise TypeError(
+        refuse(
             f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
-            f"got {type(op).__name__}"
+            f"got {type(op).__name__}",
+            "TypeError",
         )
     return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
 
@@ -63,14 +64,16 @@ def all_to_all_splits(
     if output_split_sizes is None and input_split_sizes is None:
         n = pg.size()
         if x.shape[0] % n != 0:
-            raise ValueError(
+            refuse(
                 f"compile_ops.all_to_all: x.shape[0]={x.shape[0]} is not divisible by the group "
-                f"size {n} (pass split sizes for uneven splits)"
+                f"size {n} (pass split sizes for uneven splits)",
+                "ValueError",
             )
         output_split_sizes = input_split_sizes = [x.shape[0] // n] * n
     elif output_split_sizes is None or input_split_sizes is None:
-        raise ValueError(
-            "compile_ops.all_to_all: give both output_split_sizes and input_split_sizes, or neither"
+        refuse(
+            "compile_ops.all_to_all: give both output_split_sizes and input_split_sizes, or neither",
+            "ValueError",
         )
     check_one_per_rank("all_to_all", pg, output_split_sizes, "output_split_sizes")
     check_one_per_rank("all_to_all", pg, input_split_sizes, "input_split_sizes")

@@ -89,7 +89,18 @@ def checked(name: str, kernel: Callable) -> Callable:
 
 _NA = -(2**63)  # "this op has no such argument"
 _SHAPE_SLOTS = 8  # dims shown in messages; the digest covers every dim
-_SCALARS = ("op", "group", "device", "dtype", "ndim", "dim", "reduce_op", "src", "group_size")
+_SCALARS = (
+    "op",
+    "group",
+    "device",
+    "dtype",
+    "ndim",
+    "dim",
+    "reduce_op",
+    "src",
+    "dst",
+    "group_size",
+)
 _LISTS = ("sizes", "input_split_sizes", "output_split_sizes")
 _LABELS = {
     "op": "the collective",
@@ -100,6 +111,7 @@ _LABELS = {
     "dim": "dim",
     "reduce_op": "op",
     "src": "src",
+    "dst": "dst",
     "group_size": "group_size",
 }
 # Ops whose x may differ along one dim across ranks, and where that dim comes from.
@@ -130,13 +142,14 @@ def _fingerprint(call: dict, op: str, n: int, valid: bool) -> dict[str, list[int
     masked = [-1 if i == free else s for i, s in enumerate(x.shape)]
     scalars = {
         "op": _code(op),
-        "group": _code(call["group_name"]),
+        "group": _code(call["torch_group_name"]),
         "device": _code(x.device.type),
         "dtype": _code(str(x.dtype)),
         "ndim": x.dim(),
         "dim": _NA if "dim" not in call else (call["dim"] if dim is None else dim),
         "reduce_op": _code(call["op"]) if "op" in call else _NA,
         "src": call.get("src", _NA),
+        "dst": call.get("dst", _NA),
         "group_size": call.get("group_size", _NA),
     }
     fp = {k: [int(v)] for k, v in scalars.items()}
@@ -213,6 +226,10 @@ def _verify(name: str, args: tuple, kwargs: dict) -> None:
     call.update(kwargs)
     call["x"] = args[0]  # every collective's first argument is the tensor it sends
     pg = group_from_name(call["group_name"], name)
+    # Compared by torch's name for the group, which every rank shares: the name the op carries
+    # may be an alias on one rank and a bound name on another, and bound names ("0#2") count
+    # the groups this process has seen under a name, which ranks need not agree on.
+    call["torch_group_name"] = pg.group_name
     n = pg.size()
     if n == 1:
         return
@@ -270,7 +287,7 @@ def _decode(key: str, value: int, call: dict) -> str:
         return str(value)
     own = {
         "op": None,
-        "group": call["group_name"],
+        "group": call["torch_group_name"],
         "device": call["x"].device.type,
         "dtype": str(call["x"].dtype),
         "reduce_op": call.get("op"),
