@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+from packaging.version import Version
 from torch.distributed import ProcessGroup
 
 from fake_impls.collectives import REDUCE_OPS, error_class
@@ -28,14 +29,28 @@ def reduce_op_name(op: ReduceOpLike, fn: str) -> str:
     """
     if isinstance(op, str):
         return op
+    return _reduce_op_name(op, fn)
+
+
+def _name_of_reduce_op(op: dist.ReduceOp | dist.ReduceOp.RedOpType, fn: str) -> str:
     name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
     if not isinstance(name, str):
-        refuse(
+        raise error_class(TypeError)(
             f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
-            f"got {type(op).__name__}",
-            "TypeError",
+            f"got {type(op).__name__}"
         )
     return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
+
+
+# How Dynamo may see a ReduceOp differs by torch. 2.11 traces ``ReduceOp.op`` but cannot pass a
+# ReduceOp to a function marked constant ("not a constant"). 2.14 can, and must: ``ReduceOp.op``
+# is a new object at every access and its Dynamo guards on that object's identity, a guard that
+# fails on the frame that made it. Both were tested; versions between them take 2.14's way.
+_reduce_op_name = (
+    constant_result(_name_of_reduce_op)
+    if Version(torch.__version__).release >= (2, 12)
+    else _name_of_reduce_op
+)
 
 
 def check_one_per_rank(op: str, pg: ProcessGroup, sizes: Sequence[int], name: str) -> None:
