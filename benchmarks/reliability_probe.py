@@ -1058,12 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{env['machine']}; {env['backend']}; group timeout {args.group_timeout:.0f}s "
           f"(a hang); {env['seconds']:.0f}s in all")  # fmt: skip
     print(f"command: {command}")
-    print()
-    print(format_table(records))
-    print()
-    print("cases neither correct nor a clear error:")
-    print(findings(records) or "(none)")
-    return _exit_code(records)
+    return _report(records)
 
 
 def _show_saved(paths: list[str]) -> int:
@@ -1071,12 +1066,24 @@ def _show_saved(paths: list[str]) -> int:
     records = []
     for path in paths:
         with open(path) as f:
-            doc = json.load(f)
-        env = doc["environment"]
-        print(f"{path}: {env['date']}, torch {env['torch']}, Python {env['python']}, "
-              f"{env['machine']}, {env['backend']}, {env['seconds']:.0f}s")  # fmt: skip
-        print(f"  command: {doc['command']}")
-        records += [Record(**r) for r in doc["cases"]]
+            saved = json.load(f)
+        # One run (``--json``), or several collected under "runs" (as in benchmarks/results/).
+        for doc in saved.get("runs", [saved]):
+            records += _show_run(path, doc)
+    return _report(records)
+
+
+def _show_run(path: str, doc: dict) -> list[Record]:
+    """Print one saved run's environment and command; its records."""
+    env = doc["environment"]
+    print(f"{path}: {env['date']}, torch {env['torch']}, Python {env['python']}, "
+          f"{env['machine']}, {env['backend']}, {env['seconds']:.0f}s")  # fmt: skip
+    print(f"  command: {doc['command']}")
+    return [Record(**r) for r in doc["cases"]]
+
+
+def _report(records: list[Record]) -> int:
+    """Print the counts and the findings; the exit code (see ``_exit_code``)."""
     print()
     print(format_table(records))
     print()
