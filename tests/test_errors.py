@@ -69,7 +69,7 @@ COMPILED = {
 }
 
 
-@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("n", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_compiled_errors_lead_with_our_message(world, n):
     """Under torch.compile(fullgraph=True) the first line is ours, with the values the call was
     traced with (not symbols such as s77), in the class eager raises; sizes read from a tensor
