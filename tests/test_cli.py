@@ -22,6 +22,7 @@ from compile_ops.cli.check import run_jobs
 from compile_ops.cli.outcome import Job, Outcome
 from compile_ops.cli.schema import SCHEMA
 from compile_ops.cli.tables import Progress
+from compile_ops.testing.cases import dtypes_for
 from fake_impls.audit import DATA_DEPENDENT, FALLBACK, audit, fake_kernel
 
 # In the test extra; a machine without it (the GPU runner) skips this file instead of failing.
@@ -354,6 +355,10 @@ def test_check_under_torchrun_without_numpy(tmp_path):
         2,
         "gloo",
     )
-    assert [(r["name"], r["ok"]) for r in doc["rows"]] == [("all_reduce-w2-float32-sum", True)]
+    dtypes = f"all_reduce x {len(dtypes_for('all_reduce'))} dtypes"
+    assert sorted((r["section"], r["name"], r["ok"]) for r in doc["rows"]) == [
+        ("collectives", "all_reduce-w2-float32-sum", True),
+        ("dtypes", dtypes, True),
+    ]
     # torchrun's own launcher imports torch before any of our code: its warning is the only one.
     assert done.stderr.count("Failed to initialize NumPy") <= 1, done.stderr[-4000:]

@@ -62,7 +62,7 @@ _CHECK = _obj(
             "type": "array",
             "items": _obj(
                 {
-                    "section": {"enum": ["collectives", "moe"]},
+                    "section": {"enum": ["collectives", "dtypes", "moe"]},
                     "name": _STR,
                     "world_size": _INT,
                     "backend": _STR,

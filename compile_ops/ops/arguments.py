@@ -35,9 +35,10 @@ def reduce_op_name(op: ReduceOpLike, fn: str) -> str:
 def _name_of_reduce_op(op: dist.ReduceOp | dist.ReduceOp.RedOpType, fn: str) -> str:
     name = getattr(getattr(op, "op", op), "name", None)  # a ReduceOp holds a RedOpType
     if not isinstance(name, str):
-        raise error_class(TypeError)(
+        refuse(
             f"compile_ops.{fn}: op must be a str or a torch.distributed.ReduceOp, "
-            f"got {type(op).__name__}"
+            f"got {type(op).__name__}",
+            "TypeError",
         )
     return name.lower() if name.lower() in REDUCE_OPS else f"ReduceOp.{name}"
 
