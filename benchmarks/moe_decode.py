@@ -15,9 +15,10 @@ and the token movement alone in capacity mode (dispatch, combine and the block's
 experts replaced by the identity; --movement managers), launched and replayed, so that the
 all_to_all manager's movement can be set against AgRs's.
 
-Every step starts on idle ranks (a device barrier, then the host waits for the device) and is
-timed with device events (torch.Event) on an accelerator, with the host clock on a CPU; a
-configuration's time is the median over --reps steps on the slowest rank. Every block's output
+A timing covers --steps consecutive steps (10), as a serving engine runs decode, started on idle
+ranks (a device barrier, then the host waits for the device), with device events (torch.Event)
+on an accelerator and the host clock on a CPU; a configuration's time per step is the median over
+--reps timings on the slowest rank. --profile FILE appends each replay's kernel table there. Every block's output
 is checked against the single-device reference (exit code 1 if one is off). A CPU has no device
 graphs: there the replayed rows are left out, and the run only shows that everything works.
 """
@@ -94,29 +95,38 @@ def _barrier(device: torch.device) -> None:
         torch.accelerator.synchronize(device)
 
 
-def _median_step(fn, reps: int, warmup: int, device: torch.device) -> tuple[float, object]:
-    """Median seconds of ``fn()`` over ``reps`` steps, each started on idle ranks; last output."""
-    times, out = [], None
+def _median_step(fn, opts: dict, device: torch.device) -> tuple[float, object]:
+    """Median seconds per step of ``fn()``, and its last output.
+
+    A timing starts on idle ranks (a device barrier, then the host waits for the device) and
+    covers ``opts["steps"]`` consecutive steps, as a serving engine runs decode: the ranks' host
+    skew after the barrier (tens of microseconds, paid once by whichever rank starts first) is
+    spread over the steps instead of being charged to each. The median is over ``opts["reps"]``
+    such timings, after ``opts["warmup"]``.
+    """
+    times, out, steps = [], None, opts["steps"]
     timed = device.type != "cpu"
     begin, end = (
         (torch.Event(enable_timing=True), torch.Event(enable_timing=True))
         if timed
         else (None, None)
     )
-    for i in range(warmup + reps):
+    for i in range(opts["warmup"] + opts["reps"]):
         _barrier(device)
         if timed:
             begin.record()
-            out = fn()
+            for _ in range(steps):
+                out = fn()
             end.record()
             end.synchronize()
             seconds = begin.elapsed_time(end) * 1e-3
         else:
             start = time.perf_counter()
-            out = fn()
+            for _ in range(steps):
+                out = fn()
             seconds = time.perf_counter() - start
-        if i >= warmup:
-            times.append(seconds)
+        if i >= opts["warmup"]:
+            times.append(seconds / steps)
     return statistics.median(times), out
 
 
@@ -134,15 +144,33 @@ def _row(part, manager, mode, how, tokens, capacity, seconds, out=None, want=Non
     return row
 
 
-def _timed_runs(opts, fn, args, layout, device):
+def _timed_runs(opts, fn, args, layout, device, label: str):
     """``{"launched": (s, out), "replayed": (s, out)}``: ``fn(*args)`` called from the host,
-    then captured and replayed (where the device has graphs)."""
-    results = {"launched": _median_step(lambda: fn(*args), opts["reps"], opts["warmup"], device)}
+    then captured and replayed (where the device has graphs). With ``--profile``, rank 0 also
+    appends the replay's kernels to that file under ``label``."""
+    results = {"launched": _median_step(lambda: fn(*args), opts, device)}
     if device.type != "cpu":  # compiled by now: the capture's warm-up reuses the frame
         graph = capture(fn, *(a.clone() for a in args), groups=[layout.group])
         replay = lambda: graph(*args)  # noqa: E731
-        results["replayed"] = _median_step(replay, opts["reps"], opts["warmup"], device)
+        results["replayed"] = _median_step(replay, opts, device)
+        if opts["profile"]:
+            _profile(replay, device, opts, label)
     return results
+
+
+def _profile(fn, device: torch.device, opts: dict, label: str, steps: int = 20) -> None:
+    """Device time per kernel over ``steps`` consecutive replays (torch.profiler), on rank 0."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _barrier(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.accelerator.synchronize(device)
+    if dist.get_rank() == 0:
+        table = prof.key_averages().table(sort_by="device_time_total", row_limit=30)
+        with open(opts["profile"], "a") as f:
+            f.write(f"\n=== {label}: {steps} replayed steps, rank 0\n{table}\n")
 
 
 def _block_rows(opts, config, weights, layout, tokens, x, want, dynamic, device) -> list[dict]:
@@ -153,13 +181,12 @@ def _block_rows(opts, config, weights, layout, tokens, x, want, dynamic, device)
     marked = mark_token_dim(x.clone())
     for manager in opts["managers"]:
         with torch._dynamo.config.patch(capture_scalar_outputs=True):
-            seconds, out = _median_step(
-                lambda m=manager: dynamic[m](marked), opts["reps"], opts["warmup"], device
-            )
+            seconds, out = _median_step(lambda m=manager: dynamic[m](marked), opts, device)
         rows.append(_row("block", manager, "dynamic", "launched", tokens, None, seconds, out, want))
         block = ShardedMoEBlock(config, weights, layout, manager, max_tokens_per_rank=capacity)
         compiled = torch.compile(block, backend=opts["backend"], fullgraph=True, dynamic=False)
-        for how, (seconds, out) in _timed_runs(opts, compiled, (x,), layout, device).items():
+        label = f"block {manager} T={tokens}"
+        for how, (seconds, out) in _timed_runs(opts, compiled, (x,), layout, device, label).items():
             rows.append(
                 _row("block", manager, "capacity", how, tokens, capacity, seconds, out, want)
             )
@@ -177,7 +204,8 @@ def _movement_rows(opts, config, weights, layout, tokens, x, device) -> list[dic
             Movement(block.manager), backend=opts["backend"], fullgraph=True, dynamic=False
         )
         args = (x, topk_ids, topk_weights)
-        for how, (seconds, _) in _timed_runs(opts, compiled, args, layout, device).items():
+        label = f"movement {manager} T={tokens}"
+        for how, (seconds, _) in _timed_runs(opts, compiled, args, layout, device, label).items():
             rows.append(_row("movement", manager, "capacity", how, tokens, capacity, seconds))
     return rows
 
@@ -295,7 +323,8 @@ def _options(args) -> dict:
         "device": args.device, "dtype": args.dtype, "layout": args.layout, "config": config,
         "tokens": args.tokens or ([2] if quick else [1, 8, 64]), "capacity": args.capacity,
         "managers": args.managers, "movement": args.movement, "backend": backend,
-        "reps": args.reps or (3 if quick else 200), "warmup": 2 if quick else 20,
+        "reps": args.reps or (3 if quick else 100), "warmup": 2 if quick else 10,
+        "steps": args.steps, "profile": args.profile,
     }  # fmt: skip
 
 
@@ -304,7 +333,7 @@ def _meta(opts: dict, n: int, backend: str) -> dict:
     if opts["device"] != "cpu" and torch.accelerator.current_accelerator().type == "cuda":
         device_name = torch.cuda.get_device_name()  # CUDA-only: the card's name for the header
     return {
-        **{k: opts[k] for k in ("layout", "dtype", "config", "backend", "reps")},
+        **{k: opts[k] for k in ("layout", "dtype", "config", "backend", "reps", "steps")},
         "compile_backend": opts["backend"], "backend": backend, "world_size": n,
         "torch": torch.__version__, "device_name": device_name,
         "date": datetime.date.today().isoformat(),
@@ -329,8 +358,10 @@ def main(argv=None, run=None) -> int:
     )
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--backend", help="torch.compile backend (inductor; aot_eager on cpu)")
-    parser.add_argument("--reps", type=int, help="timed steps per configuration (200)")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 tokens, 3 steps")
+    parser.add_argument("--reps", type=int, help="timings per configuration (100)")
+    parser.add_argument("--steps", type=int, default=10, help="consecutive steps per timing (10)")
+    parser.add_argument("--profile", help="append each replay's kernel table to this file")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 tokens, 3 timings")
     parser.add_argument("--json", type=Path, help="write every row and the set-up here")
     shape = parser.add_argument_group("shape (default: DeepSeek-V2-Lite)")
     shape.add_argument("--hidden", type=int, default=2048)
