@@ -293,24 +293,21 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
         n, per_peer = self.comm.size, self.capacity.per_peer
         wanted = self.owners[topk_ids].any(dim=1)  # [T, n]: rank r gets token t
         self.capacity.check(self.comm, x, sends=wanted.sum(0))
-        # [n, T]: tokens for rank r among rows 0..t. Summed along dim 1 of the transpose, so the
-        # result is a buffer of its own: Inductor's searchsorted lowering (torch 2.11, CUDA)
-        # cannot read its sorted sequence through a permuted view.
-        running_by_rank = wanted.t().cumsum(1)
-        running = running_by_rank.t()  # [T, n]
-        # Slot j of rank r's buffer holds the row where rank r's count reaches j + 1; where it
-        # never does, row T: padding.
-        slots = torch.arange(1, per_peer + 1, device=x.device).repeat(n, 1)
-        rows = torch.searchsorted(running_by_rank, slots).reshape(-1)
+        # Where each (token, rank) pair goes: rank r's block, at the token's place among the
+        # tokens sent to r; row n * per_peer (a dump row) where the token is not sent there.
+        running = wanted.cumsum(0)  # [T, n]: tokens for rank r among rows 0..t
+        kept = wanted & (running <= per_peer)
+        offsets = torch.arange(n, device=x.device) * per_peer
+        back = torch.where(kept, running - 1 + offsets, n * per_peer)
+        # Its inverse: the row that fills each slot, row T (padding) where none does. Each kept
+        # pair has a slot of its own; only the dump row, cut off after, is written more than once.
+        token = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(back)
+        rows = torch.full((n * per_peer + 1,), x.shape[0], dtype=back.dtype, device=x.device)
+        rows = rows.scatter(0, back.reshape(-1), token.reshape(-1))[:-1]
         wire = _wire(x, _pack_routing(topk_ids, topk_weights))
         wire = torch.cat([wire, _padding_rows(1, x, topk_ids.shape[1])])
         splits = [per_peer] * n
         received = self.comm.all_to_all(wire[rows], splits, splits)
-        # Where each (token, rank) partial comes back: rank r's block, at the token's slot;
-        # row n * per_peer (zeros) where the token was not sent there.
-        kept = wanted & (running <= per_peer)
-        offsets = torch.arange(n, device=x.device) * per_peer
-        back = torch.where(kept, running - 1 + offsets, n * per_peer)
         if per_peer < self.capacity.per_rank:
             self.dropped.add_((wanted & ~kept).sum())
         return _unwire(received, x.shape[1], (back,))
