@@ -416,6 +416,27 @@ def _ratio_text(v: dict, reference: str) -> str:
     )
 
 
+def cold_caches(prefix: str) -> None:
+    """A cold, private cache: every way is lowered (decisions counted), nothing stale is served."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix=prefix)
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
+
+
+def run_meta(sizes: realize_panel.Sizes, /, **fields) -> dict:
+    """A run's record: date, device, torch, ``fields``, then the command that ran it."""
+    device_name = (
+        torch.cuda.get_device_name() if sizes.device == "cuda" else sizes.device
+    )  # CUDA-only by nature: the GPU's name for the record
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "device": device_name,
+        "torch": torch.__version__,
+        **fields,
+        "command": " ".join(sys.argv),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -436,10 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes on CPU, few reps")
     args = parser.parse_args(argv)
 
-    # A cold, private cache: every way is lowered (decisions counted), nothing stale is served.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="realize_on_reuse_")
-    torch._inductor.config.fx_graph_cache = False
-    torch._functorch.config.enable_autograd_cache = False
+    cold_caches("realize_on_reuse_")
     torch._dynamo.config.cache_size_limit = 64
 
     if args.quick:
@@ -467,16 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             modules.append((item, sizes.layers))
 
-    device_name = (
-        torch.cuda.get_device_name() if sizes.device == "cuda" else sizes.device
-    )  # CUDA-only by nature: the GPU's name for the record
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "device": device_name,
-        "torch": torch.__version__,
-        "sizes": {k: str(v) for k, v in vars(sizes).items()},
-        "command": " ".join(sys.argv),
-    }
+    meta = run_meta(sizes, sizes={k: str(v) for k, v in vars(sizes).items()})
     started = time.perf_counter()
     rows: list[dict] = []
     for name, layers in modules:

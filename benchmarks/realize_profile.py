@@ -25,14 +25,21 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import replace
 
 import torch
 
 from benchmarks import realize_timing
-from benchmarks.realize_on_reuse import PATCH, category, compile_ways, kernel_table, synchronize
+from benchmarks.realize_on_reuse import (
+    PATCH,
+    category,
+    cold_caches,
+    compile_ways,
+    kernel_table,
+    run_meta,
+    synchronize,
+)
 from compile_ops.testing import realize_panel
 
 WAYS = ["whole", "whole+patch", "split"]
@@ -173,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes on CPU")
     args = parser.parse_args(argv)
 
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="realize_profile_")
-    torch._inductor.config.fx_graph_cache = False
-    torch._functorch.config.enable_autograd_cache = False
+    cold_caches("realize_profile_")
     if not PATCH.matches_torch():
         raise SystemExit(f"realize_on_reuse is for torch {PATCH.torch_versions}")
     if args.quick:
@@ -186,17 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("realize_profile: no accelerator found (use --quick on CPU)")
         accelerator = torch.accelerator.current_accelerator().type
         sizes, tokens = realize_panel.Sizes(layers=args.layers, device=accelerator), args.tokens
-    device_name = (
-        torch.cuda.get_device_name() if sizes.device == "cuda" else sizes.device
-    )  # CUDA-only by nature: the GPU's name for the record
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "device": device_name,
-        "torch": torch.__version__,
-        "layers": sizes.layers,
-        "tokens": tokens,
-        "command": " ".join(sys.argv),
-    }
+    meta = run_meta(sizes, layers=sizes.layers, tokens=tokens)
     result = run(sizes, tokens, args)
     text = render(meta, result, args.top)
     print(text)

@@ -994,13 +994,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--match", default="", help="only cases whose 'kind: name' contains this")
     parser.add_argument(
-        "--from",
-        dest="saved",
-        metavar="JSON",
-        nargs="+",
-        help="print the table of saved runs (--json FILE) instead of running",
-    )
-    parser.add_argument(
         "--group-timeout",
         type=float,
         default=GROUP_TIMEOUT_S,
@@ -1013,6 +1006,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="the counts and every case's record as JSON: to stdout instead of the table, or "
         "into FILE besides it",
+    )
+    parser.add_argument(
+        "--from",
+        dest="saved",
+        metavar="JSON",
+        nargs="+",
+        help="print the table of saved runs (--json FILE) instead of running",
     )
     args = parser.parse_args(argv)
     worlds_ = tuple(int(w) for w in args.worlds.split(","))

@@ -17,7 +17,15 @@ from torch._prims_common import check_significant_strides
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils import _pytree as pytree
 
-__all__ = ["FakeMismatch", "Sample", "check_fake", "qualname", "register", "resolve_op"]
+__all__ = [
+    "FakeMismatch",
+    "Sample",
+    "check_fake",
+    "leaf_pairs",
+    "qualname",
+    "register",
+    "resolve_op",
+]
 
 Sample = tuple[Sequence[Any], Mapping[str, Any]]
 """One set of inputs for an op: ``(args, kwargs)``."""
@@ -121,15 +129,23 @@ def _run_fake(op, fake, args, kwargs):
     return fake_args, fake_kwargs, out
 
 
+def leaf_pairs(a: Any, b: Any) -> list[tuple[Any, Any]] | None:
+    """The leaves of two pytrees side by side, or None where the trees differ in structure."""
+    a_leaves, a_spec = pytree.tree_flatten(a)
+    b_leaves, b_spec = pytree.tree_flatten(b)
+    if a_spec != b_spec:
+        return None
+    return list(zip(a_leaves, b_leaves, strict=True))
+
+
 def _compare(where: str, real_out, fake_out) -> None:
-    real_leaves, real_spec = pytree.tree_flatten(real_out)
-    fake_leaves, fake_spec = pytree.tree_flatten(fake_out)
-    if real_spec != fake_spec:
+    pairs = leaf_pairs(real_out, fake_out)
+    if pairs is None:
         raise FakeMismatch(
             f"{where}: it returns {_describe(fake_out)}, the kernel {_describe(real_out)}"
         )
-    for i, (real, fake) in enumerate(zip(real_leaves, fake_leaves, strict=True)):
-        name = "the output" if len(real_leaves) == 1 else f"output {i}"
+    for i, (real, fake) in enumerate(pairs):
+        name = "the output" if len(pairs) == 1 else f"output {i}"
         if isinstance(real, torch.Tensor) != isinstance(fake, torch.Tensor):
             raise FakeMismatch(
                 f"{where}: {name} is {_describe(fake)}, the kernel's {_describe(real)}"

@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import gpu_worlds
 from helpers.moe_workers import (
+    LAYOUTS,
     SIGMOID,
+    TOL,
     bad_inputs,
     run_block,
     run_block_on_accelerator,
@@ -18,9 +20,6 @@ from helpers.moe_workers import (
 from compile_ops import moe
 from compile_ops.moe import MANAGERS, All2AllManager, MoEConfig
 
-LAYOUTS = [(2, "tp"), (2, "ep"), (4, "tp"), (4, "ep"), (4, "tp_ep")]
-# Per dtype: the sharded block sums partial outputs in the model dtype, the reference in float32.
-TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 5e-2}}
 # Uneven counts per rank, with a rank that has no token at all.
 EAGER_STEPS = {2: [[3, 5], [1, 1], [0, 4], [17, 2]], 4: [[3, 5, 1, 2], [1, 1, 1, 1], [0, 4, 2, 0]]}
 # One compiled graph must serve all of these: 1 to 512 tokens, uneven across ranks.

@@ -7,6 +7,8 @@ import pytest
 import torch
 from helpers.moe_workers import (
     CAPACITY,
+    LAYOUTS,
+    TOL,
     benchmark_script,
     capacity_argument_errors,
     capacity_cell,
@@ -21,8 +23,6 @@ from helpers.moe_workers import (
 
 from compile_ops.moe import CAPACITY_MANAGERS, MANAGERS
 
-LAYOUTS = [(2, "tp"), (2, "ep"), (4, "tp"), (4, "ep"), (4, "tp_ep")]
-TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 5e-2}}
 N = CAPACITY
 # Uneven counts, a rank with no token, ranks with exactly N tokens; one compiled frame for all.
 STEPS = {

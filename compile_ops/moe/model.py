@@ -49,13 +49,15 @@ class ModelWeights:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> ModelWeights:
+        """Layer ``i``'s MoE weights are ``MoEWeights.random`` of seed ``1000 * seed + i``, so
+        one layer can be rebuilt alone; the norms come from ``seed`` itself."""
+        moe = tuple(
+            MoEWeights.random(config, seed * 1000 + i, dtype, device) for i in range(layers)
+        )
         g = torch.Generator().manual_seed(seed)
         norms = tuple(
             (1 + 0.1 * torch.randn(config.hidden, generator=g)).to(dtype=dtype, device=device)
             for _ in range(layers)
-        )
-        moe = tuple(
-            MoEWeights.random(config, seed * 1000 + i, dtype, device) for i in range(layers)
         )
         return cls(norms, moe)
 

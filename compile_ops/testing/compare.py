@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.utils._pytree as pytree
 
+from fake_impls.register import leaf_pairs
+
 from .pool import WorkerError, WorkerPool, get_pool
 
 
@@ -132,13 +134,13 @@ def assert_compiled_matches_eager(
 
 
 def _compare(got, want, got_name, want_name, rank, context, rtol, atol) -> None:
-    got_leaves, got_spec = pytree.tree_flatten(got)
-    want_leaves, want_spec = pytree.tree_flatten(want)
-    if got_spec != want_spec:
+    pairs = leaf_pairs(got, want)
+    if pairs is None:
+        got_spec, want_spec = pytree.tree_structure(got), pytree.tree_structure(want)
         raise MismatchError(
             f"{context}\nrank {rank}: {got_name} returned {got_spec}, {want_name} {want_spec}"
         )
-    for i, (g, w) in enumerate(zip(got_leaves, want_leaves, strict=True)):
+    for i, (g, w) in enumerate(pairs):
         if not isinstance(g, torch.Tensor):
             if g != w:
                 raise MismatchError(f"{context}\nrank {rank} output {i}: {got_name} {g!r} != {w!r}")

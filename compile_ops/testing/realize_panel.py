@@ -143,8 +143,7 @@ class ChainReductions(nn.Module):
 
     def __init__(self, sizes: Sizes) -> None:
         super().__init__()
-        self.scale = _norm_weight(sizes)
-        self.shift = _norm_weight(sizes)
+        self.scale, self.shift = _norm_weight(sizes), _norm_weight(sizes)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor):
         y = F.gelu(x.float() * self.scale + z.float() + self.shift)

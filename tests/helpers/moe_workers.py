@@ -24,6 +24,10 @@ CONFIG = MoEConfig(hidden=16, intermediate=32, experts=8, top_k=2, shared_interm
 SIGMOID = MoEConfig(
     hidden=16, intermediate=32, experts=8, top_k=3, scoring="sigmoid", renormalize=False
 )
+# The sharded layouts the tests cover, each with its world size.
+LAYOUTS = [(2, "tp"), (2, "ep"), (4, "tp"), (4, "ep"), (4, "tp_ep")]
+# Per dtype: the sharded block sums partial outputs in the model dtype, the reference in float32.
+TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 5e-2}}
 # The TP x EP grid of a 4-rank world: TP pairs {0,1},{2,3}; EP pairs {0,2},{1,3}.
 GRID = {"moe_tp": [[0, 1], [2, 3]], "moe_ep": [[0, 2], [1, 3]]}
 _grid_groups: dict[str, dist.ProcessGroup] = {}
