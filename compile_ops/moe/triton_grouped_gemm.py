@@ -105,6 +105,21 @@ def _expert_rows(
 
 
 @triton.jit
+def _tile(
+    ends_ptr, num_m, N,
+    N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """This program's expert, its rows (sorted positions) and columns, with their masks; the
+    expert is N_EXPERTS (nothing to do) past the last real tile."""
+    pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return expert, offs_m, offs_m < row_end, offs_n, offs_n < N
+
+
+@triton.jit
 def _load(ptrs, rows_ok, cols_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
     """A tile, masked only along the dimensions that may run past the end."""
     if EVEN_ROWS and EVEN_COLS:
@@ -127,79 +142,56 @@ def _dot(a, b, acc):
 
 
 @triton.jit
-def _gate_up_silu_kernel(
-    x_ptr, rows_ptr, w_ptr, ends_ptr, out_ptr,
-    num_m, N, K, stride_x, stride_we, stride_wn, stride_out,
-    N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr,
-):  # fmt: skip
-    if _not_my_regime(ends_ptr, N_EXPERTS, REGIME, LARGE_FROM):
-        return
-    pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
-    expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
-    if expert >= N_EXPERTS:
-        return
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    in_rows = offs_m < row_end
-    token = tl.load(rows_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_cols = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + token[:, None] * stride_x + offs_k[None, :]
-    g_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
-    u_ptrs = g_ptrs + N * stride_wn
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_in = offs_k < K - k0
-        a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
-        g = _load(g_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
-        u = _load(u_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
-        acc_g = _dot(a, g, acc_g)
-        acc_u = _dot(a, u, acc_u)
-        a_ptrs += BLOCK_K
-        g_ptrs += BLOCK_K
-        u_ptrs += BLOCK_K
-    act = acc_g * tl.sigmoid(acc_g) * acc_u
-    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_out + offs_n[None, :]
-    tl.store(out_ptrs, act.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :])
-
-
-@triton.jit
-def _down_scatter_kernel(
-    a_ptr, w_ptr, ends_ptr, dest_ptr, scale_ptr, out_ptr,
+def _grouped_gemm_kernel(
+    a_ptr, w_ptr, ends_ptr, rows_ptr, dest_ptr, scale_ptr, out_ptr,
     num_m, N, K, stride_a, stride_we, stride_wn, stride_out,
     N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, REGIME: tl.constexpr, LARGE_FROM: tl.constexpr,
+    GATE_UP: tl.constexpr,
 ):  # fmt: skip
+    """Both products (the module docstring says what each computes): GATE_UP reads ``rows_ptr``
+    and ignores ``dest_ptr``/``scale_ptr``; otherwise the reverse. One prologue finds the tile."""
     if _not_my_regime(ends_ptr, N_EXPERTS, REGIME, LARGE_FROM):
         return
-    pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
-    expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    expert, offs_m, in_rows, offs_n, in_cols = _tile(
+        ends_ptr, num_m, N, N_EXPERTS, EXPERTS_POW2, BLOCK_M, BLOCK_N, GROUP_M
+    )
     if expert >= N_EXPERTS:
         return
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    in_rows = offs_m < row_end
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_cols = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_a + offs_k[None, :]
-    b_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_in = offs_k < K - k0
-        a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
-        b = _load(b_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
-        acc = _dot(a, b, acc)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
-    scale = tl.load(scale_ptr + offs_m, mask=in_rows, other=0.0)
-    dest = tl.load(dest_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
-    acc = acc * scale[:, None]
-    out_ptrs = out_ptr + dest[:, None] * stride_out + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :])
+    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
+    in_tile = in_rows[:, None] & in_cols[None, :]
+    if GATE_UP:
+        token = tl.load(rows_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
+        a_ptrs = a_ptr + token[:, None] * stride_a + offs_k[None, :]
+        u_ptrs = w_ptrs + N * stride_wn
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_in = offs_k < K - k0
+            a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
+            acc_g = _dot(a, _load(w_ptrs, k_in, in_cols, EVEN_K, EVEN_N), acc_g)
+            acc_u = _dot(a, _load(u_ptrs, k_in, in_cols, EVEN_K, EVEN_N), acc_u)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
+        act = acc_g * tl.sigmoid(acc_g) * acc_u
+        out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_out + offs_n[None, :]
+        tl.store(out_ptrs, act.to(out_ptr.dtype.element_ty), mask=in_tile)
+    else:
+        a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_a + offs_k[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_in = offs_k < K - k0
+            a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
+            acc = _dot(a, _load(w_ptrs, k_in, in_cols, EVEN_K, EVEN_N), acc)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        scale = tl.load(scale_ptr + offs_m, mask=in_rows, other=0.0)
+        dest = tl.load(dest_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
+        out_ptrs = out_ptr + dest[:, None] * stride_out + offs_n[None, :]
+        tl.store(out_ptrs, (acc * scale[:, None]).to(out_ptr.dtype.element_ty), mask=in_tile)
 
 
 def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int):
@@ -218,6 +210,7 @@ def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k:
             "EVEN_N": n % cfg.block_n == 0,
             "REGIME": regime,
             "LARGE_FROM": LARGE_FROM_ROWS_PER_EXPERT,
+            "GATE_UP": kernel == "gate_up",
             "num_warps": cfg.num_warps,
             "num_stages": cfg.num_stages,
         }
@@ -235,8 +228,8 @@ def gate_up_silu(
     inter = two_i // 2
     out = x.new_empty((rows.shape[0], inter))
     for grid, num_m, meta in _launches("gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden):
-        wrap_triton(_gate_up_silu_kernel)[grid](
-            x, rows, gate_up, ends, out,
+        wrap_triton(_grouped_gemm_kernel)[grid](
+            x, gate_up, ends, rows, ends, ends, out,  # ends: dest and scale are not read
             num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
             **meta,
         )  # fmt: skip
@@ -257,8 +250,8 @@ def down_scatter(
     n_experts, hidden, inter = down.shape
     out = act.new_empty((act.shape[0], hidden))
     for grid, num_m, meta in _launches("down", act.dtype, act.shape[0], n_experts, hidden, inter):
-        wrap_triton(_down_scatter_kernel)[grid](
-            act, down, ends, dest, scale, out,
+        wrap_triton(_grouped_gemm_kernel)[grid](
+            act, down, ends, ends, dest, scale, out,  # ends: rows are not read
             num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
             **meta,
         )  # fmt: skip
