@@ -171,8 +171,10 @@ def _grouped_gemm_kernel(
         for k0 in range(0, K, BLOCK_K):
             k_in = offs_k < K - k0
             a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
-            acc_g = _dot(a, _load(w_ptrs, k_in, in_cols, EVEN_K, EVEN_N), acc_g)
-            acc_u = _dot(a, _load(u_ptrs, k_in, in_cols, EVEN_K, EVEN_N), acc_u)
+            g = _load(w_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
+            u = _load(u_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
+            acc_g = _dot(a, g, acc_g)
+            acc_u = _dot(a, u, acc_u)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
             u_ptrs += BLOCK_K
@@ -185,7 +187,8 @@ def _grouped_gemm_kernel(
         for k0 in range(0, K, BLOCK_K):
             k_in = offs_k < K - k0
             a = _load(a_ptrs, in_rows, k_in, False, EVEN_K)
-            acc = _dot(a, _load(w_ptrs, k_in, in_cols, EVEN_K, EVEN_N), acc)
+            b = _load(w_ptrs, k_in, in_cols, EVEN_K, EVEN_N)
+            acc = _dot(a, b, acc)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
         scale = tl.load(scale_ptr + offs_m, mask=in_rows, other=0.0)
