@@ -161,7 +161,6 @@ def _grouped_gemm_kernel(
         return
     offs_k = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
-    in_tile = in_rows[:, None] & in_cols[None, :]
     if GATE_UP:
         token = tl.load(rows_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
         a_ptrs = a_ptr + token[:, None] * stride_a + offs_k[None, :]
@@ -180,7 +179,9 @@ def _grouped_gemm_kernel(
             u_ptrs += BLOCK_K
         act = acc_g * tl.sigmoid(acc_g) * acc_u
         out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_out + offs_n[None, :]
-        tl.store(out_ptrs, act.to(out_ptr.dtype.element_ty), mask=in_tile)
+        tl.store(
+            out_ptrs, act.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :]
+        )
     else:
         a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_a + offs_k[None, :]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -194,7 +195,10 @@ def _grouped_gemm_kernel(
         scale = tl.load(scale_ptr + offs_m, mask=in_rows, other=0.0)
         dest = tl.load(dest_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
         out_ptrs = out_ptr + dest[:, None] * stride_out + offs_n[None, :]
-        tl.store(out_ptrs, (acc * scale[:, None]).to(out_ptr.dtype.element_ty), mask=in_tile)
+        acc = acc * scale[:, None]
+        tl.store(
+            out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_cols[None, :]
+        )
 
 
 def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int):
