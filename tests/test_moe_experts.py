@@ -233,3 +233,17 @@ def test_gpu_sharded_block_each_impl(world, impl, dtype):
         assert (resolved, frames) == (impl, 1)
         for step, (out, want) in enumerate(steps):
             torch.testing.assert_close(out, want, **TOL[dtype], msg=f"step {step}")
+
+
+def test_triton_kernel_compiles_for_hopper_in_both_roles():
+    """No GPU is needed to compile: Triton lowers the grouped GEMM for sm_90 and its ptxas
+    assembles it, so a kernel that no longer compiles fails here, not first on a GPU."""
+    pytest.importorskip("triton")
+    from helpers.moe_workers import benchmark_script
+
+    tool = benchmark_script("moe_kernel_resources")
+    shape = {"hidden": 2048, "intermediate": 1408, "experts": 64}
+    for kernel in ("gate_up", "down"):
+        row = tool.resources(kernel, "*bf16", tool.tg.CONFIGS[(kernel, 2)][0], shape, 90)
+        assert row["kernel"] == kernel and 0 < row["registers"] <= 255, row
+        assert row["shared_bytes"] > 0, row

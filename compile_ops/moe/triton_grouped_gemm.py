@@ -142,7 +142,7 @@ def _dot(a, b, acc):
 
 
 @triton.jit
-def _grouped_gemm_kernel(
+def grouped_gemm_kernel(
     a_ptr, w_ptr, ends_ptr, rows_ptr, dest_ptr, scale_ptr, out_ptr,
     num_m, N, K, stride_a, stride_we, stride_wn, stride_out,
     N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
@@ -235,7 +235,7 @@ def gate_up_silu(
     inter = two_i // 2
     out = x.new_empty((rows.shape[0], inter))
     for grid, num_m, meta in _launches("gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden):
-        wrap_triton(_grouped_gemm_kernel)[grid](
+        wrap_triton(grouped_gemm_kernel)[grid](
             x, gate_up, ends, rows, ends, ends, out,  # ends: dest and scale are not read
             num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
             **meta,
@@ -257,7 +257,7 @@ def down_scatter(
     n_experts, hidden, inter = down.shape
     out = act.new_empty((act.shape[0], hidden))
     for grid, num_m, meta in _launches("down", act.dtype, act.shape[0], n_experts, hidden, inter):
-        wrap_triton(_grouped_gemm_kernel)[grid](
+        wrap_triton(grouped_gemm_kernel)[grid](
             act, down, ends, ends, dest, scale, out,  # ends: rows are not read
             num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
             **meta,

@@ -1,0 +1,114 @@
+"""Registers, spills and shared memory of the Triton grouped GEMM (compile_ops/moe/
+triton_grouped_gemm.py) for every tile it launches, compiled for a GPU target on any machine:
+Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU needed).
+
+    python3 benchmarks/moe_kernel_resources.py              # sm_90 (H100, H200), bf16 and fp32
+    python3 benchmarks/moe_kernel_resources.py --arch 100 --json
+
+A kernel at the 255-register cap that spills keeps part of its live state in local memory (read
+through L1/L2): that is what this is for. The shape only sets the EVEN_K/EVEN_N variants; the
+defaults are DeepSeek-V2-Lite's (hidden 2048, intermediate 1408, 64 experts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compile_ops.moe import triton_grouped_gemm as tg
+
+POINTERS = ("a_ptr", "w_ptr", "ends_ptr", "rows_ptr", "dest_ptr", "scale_ptr", "out_ptr")
+SCALARS = ("num_m", "N", "K", "stride_a", "stride_we", "stride_wn", "stride_out")
+
+
+def _signature(kernel: str, dtype: str, meta: dict) -> dict:
+    """Argument types as the ops pass them (rows and dest int64, scale float32, ends int32)."""
+    types = {"a_ptr": dtype, "w_ptr": dtype, "out_ptr": dtype, "ends_ptr": "*i32"}
+    types |= {"rows_ptr": "*i64", "dest_ptr": "*i64", "scale_ptr": "*fp32"}
+    if kernel == "gate_up":  # ends stands in for what gate_up never reads
+        types |= {"dest_ptr": "*i32", "scale_ptr": "*i32"}
+    else:
+        types["rows_ptr"] = "*i32"
+    sig = {name: types[name] for name in POINTERS} | {name: "i32" for name in SCALARS}
+    return sig | {name: "constexpr" for name in meta}
+
+
+def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: int) -> dict:
+    """ptxas's report for one tile of ``kernel`` ("gate_up" or "down")."""
+    n, k = (shape["intermediate"], shape["hidden"])[:: 1 if kernel == "gate_up" else -1]
+    meta = {
+        "N_EXPERTS": shape["experts"],
+        "EXPERTS_POW2": triton.next_power_of_2(shape["experts"]),
+        "BLOCK_M": cfg.block_m,
+        "BLOCK_N": cfg.block_n,
+        "BLOCK_K": cfg.block_k,
+        "GROUP_M": cfg.group_m,
+        "EVEN_K": k % cfg.block_k == 0,
+        "EVEN_N": n % cfg.block_n == 0,
+        "REGIME": 1,
+        "LARGE_FROM": tg.LARGE_FROM_ROWS_PER_EXPERT,
+        "GATE_UP": kernel == "gate_up",
+    }
+    source = ASTSource(tg.grouped_gemm_kernel, _signature(kernel, dtype, meta), constexprs=meta)
+    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        command = [triton.knobs.nvidia.ptxas.path, "-v", f"--gpu-name=sm_{arch}{suffix}", str(ptx)]
+        command += ["-o", str(Path(tmp) / "kernel.cubin")]
+        report = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    number = lambda pattern: int(re.search(pattern, report).group(1))  # noqa: E731
+    return {
+        "kernel": kernel,
+        "dtype": dtype.lstrip("*"),
+        "tile": "x".join(map(str, cfg[:3])) + f" w{cfg.num_warps} s{cfg.num_stages}",
+        "registers": number(r"Used (\d+) registers"),
+        "spill_stores": number(r"(\d+) bytes spill stores"),
+        "spill_loads": number(r"(\d+) bytes spill loads"),
+        "shared_bytes": compiled.metadata.shared,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90)")
+    parser.add_argument("--dtypes", default="bf16,fp32")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    for name, default in (("hidden", 2048), ("intermediate", 1408), ("experts", 64)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    args = parser.parse_args(argv)
+    shape = {"hidden": args.hidden, "intermediate": args.intermediate, "experts": args.experts}
+    rows = []
+    for dtype in args.dtypes.split(","):
+        size = 4 if dtype == "fp32" else 2
+        for kernel in ("gate_up", "down"):
+            for cfg in tg.CONFIGS[(kernel, size)]:
+                rows.append(resources(kernel, f"*{dtype}", cfg, shape, args.arch))
+                if not args.json:
+                    r = rows[-1]
+                    print(
+                        f"{r['kernel']:8} {r['dtype']:5} {r['tile']:22} {r['registers']:4d} regs  "
+                        f"spill {r['spill_stores']:5d} B stored, {r['spill_loads']:5d} B loaded  "
+                        f"shared {r['shared_bytes']:6d} B",
+                        flush=True,
+                    )
+    if args.json:
+        print(json.dumps({"arch": args.arch, "shape": shape, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
