@@ -47,19 +47,7 @@ def _signature(kernel: str, dtype: str, meta: dict) -> dict:
 def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: int) -> dict:
     """ptxas's report for one tile of ``kernel`` ("gate_up" or "down")."""
     n, k = (shape["intermediate"], shape["hidden"])[:: 1 if kernel == "gate_up" else -1]
-    meta = {
-        "N_EXPERTS": shape["experts"],
-        "EXPERTS_POW2": triton.next_power_of_2(shape["experts"]),
-        "BLOCK_M": cfg.block_m,
-        "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k,
-        "GROUP_M": cfg.group_m,
-        "EVEN_K": k % cfg.block_k == 0,
-        "EVEN_N": n % cfg.block_n == 0,
-        "REGIME": 1,
-        "LARGE_FROM": tg.LARGE_FROM_ROWS_PER_EXPERT,
-        "GATE_UP": kernel == "gate_up",
-    }
+    meta = tg.kernel_constants(kernel, cfg, 1, shape["experts"], n, k)
     source = ASTSource(tg.grouped_gemm_kernel, _signature(kernel, dtype, meta), constexprs=meta)
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)

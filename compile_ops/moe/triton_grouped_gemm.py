@@ -201,26 +201,31 @@ def grouped_gemm_kernel(
         )
 
 
+def kernel_constants(kernel: str, cfg: TileConfig, regime: int, n_experts: int, n: int, k: int):
+    """The compile-time arguments of ``grouped_gemm_kernel`` for ``kernel`` ("gate_up" or
+    "down") with tile ``cfg``, an ``[n, k]`` weight per expert and launch ``regime``."""
+    return {
+        "N_EXPERTS": n_experts,
+        "EXPERTS_POW2": triton.next_power_of_2(n_experts),
+        "BLOCK_M": cfg.block_m,
+        "BLOCK_N": cfg.block_n,
+        "BLOCK_K": cfg.block_k,
+        "GROUP_M": cfg.group_m,
+        "EVEN_K": k % cfg.block_k == 0,
+        "EVEN_N": n % cfg.block_n == 0,
+        "REGIME": regime,
+        "LARGE_FROM": LARGE_FROM_ROWS_PER_EXPERT,
+        "GATE_UP": kernel == "gate_up",
+    }
+
+
 def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int):
     """(grid, worst-case row tiles, compile-time arguments) of each launch of ``kernel``."""
     configs = tile_configs(kernel, dtype)
     for regime, cfg in enumerate(configs, start=int(len(configs) > 1)):
         num_m = triton.cdiv(pairs, cfg.block_m) + n_experts
-        meta = {
-            "N_EXPERTS": n_experts,
-            "EXPERTS_POW2": triton.next_power_of_2(n_experts),
-            "BLOCK_M": cfg.block_m,
-            "BLOCK_N": cfg.block_n,
-            "BLOCK_K": cfg.block_k,
-            "GROUP_M": cfg.group_m,
-            "EVEN_K": k % cfg.block_k == 0,
-            "EVEN_N": n % cfg.block_n == 0,
-            "REGIME": regime,
-            "LARGE_FROM": LARGE_FROM_ROWS_PER_EXPERT,
-            "GATE_UP": kernel == "gate_up",
-            "num_warps": cfg.num_warps,
-            "num_stages": cfg.num_stages,
-        }
+        meta = kernel_constants(kernel, cfg, regime, n_experts, n, k)
+        meta |= {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         yield (num_m * triton.cdiv(n, cfg.block_n),), num_m, meta
 
 
