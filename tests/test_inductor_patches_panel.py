@@ -158,7 +158,12 @@ def test_program_fuzzer_with_patch_on_every_rank(record_property):
             reproducer=program.source(),
         )
 
-    check()
+    previous = {n: get_pool(n).run(patch_workers.set_fx_graph_cache, False) for n in worlds}
+    try:
+        check()
+    finally:
+        for n in worlds:
+            get_pool(n).run(patch_workers.set_fx_graph_cache, previous[n][0])
     decided = sum(
         sum(state["decisions"].values())
         for n in worlds

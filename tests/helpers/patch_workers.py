@@ -87,6 +87,15 @@ def realize_state(reset: bool) -> dict:
     return state
 
 
+def set_fx_graph_cache(enabled: bool) -> bool:
+    """Turn Inductor's FX graph cache on or off in this rank; returns the previous setting. Off,
+    every program is lowered again, so the patched rule is consulted even for a graph that an
+    earlier run left in the cache."""
+    previous = torch._inductor.config.fx_graph_cache
+    torch._inductor.config.fx_graph_cache = enabled
+    return previous
+
+
 # ---------------------------------------------------------------- sequence parallelism, async TP
 
 SP_FUSED_OPS = ("fused_all_gather_matmul", "fused_matmul_reduce_scatter")
