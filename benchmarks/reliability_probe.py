@@ -54,6 +54,7 @@ import torch
 import torch.distributed as dist
 
 import compile_ops
+from compile_ops.testing.pool import restart_world
 
 CLASSES = ("correct", "clear", "unclear", "wrong", "hang", "crash")
 KINDS = ("valid", "bad input", "one rank bad", "mismatch", "autograd", "group", "meta", "pool")
@@ -462,24 +463,6 @@ def _autograd_cases(n: int) -> list[Case]:
 
 # -- groups -----------------------------------------------------------------------------------
 
-_incarnation = 0
-
-
-def _reinit_world(timeout_s: float = GROUP_TIMEOUT_S) -> None:
-    """Destroy every group and start a new world over the same store (group names restart)."""
-    global _incarnation
-    _incarnation += 1
-    store = dist.distributed_c10d._get_default_store()
-    rank, n = dist.get_rank(), dist.get_world_size()
-    dist.destroy_process_group()
-    dist.init_process_group(
-        "gloo",
-        store=dist.PrefixStore(f"probe-incarnation{_incarnation}", store),
-        rank=rank,
-        world_size=n,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
-
 
 def _group_cases(n: int) -> list[Case]:
     everyone = list(range(n))
@@ -516,7 +499,7 @@ def _group_cases(n: int) -> list[Case]:
             old = dist.group.WORLD if which == "world" else dist.new_group(everyone)
             fn = compile(lambda x, g: compile_ops.all_reduce(x, group=g))
             fn(torch.ones(2), old)  # compiled and run before the re-init
-            _reinit_world()
+            restart_world(GROUP_TIMEOUT_S)
             dist.new_group(everyone)  # the new group '1' (the old sub's name)
             return (lambda x: fn(x, old)), (torch.ones(2),)
 
@@ -641,13 +624,13 @@ def run_case(key: str, mode: str, debug: bool) -> dict:
 def fresh_world(timeout_s: float) -> int:
     """A new world (every group destroyed) whose groups time out after ``timeout_s``: after a
     case that left ranks out of step, and to set the timeout."""
-    _reinit_world(timeout_s)
+    restart_world(timeout_s)
     return dist.get_world_size()
 
 
 def warm_up(timeout_s: float) -> int:
     """Set the group timeout, import and compile once (a case does not pay for first use)."""
-    _reinit_world(timeout_s)
+    restart_world(timeout_s)
     _count_data_movement()
     torch._dynamo.reset()
     fn = torch.compile(lambda x: compile_ops.all_reduce(x) + 1, fullgraph=True, backend="aot_eager")

@@ -121,6 +121,27 @@ def _join_world(rank, world_size, backend, store_port) -> None:
     import compile_ops  # noqa: F401  (registers the ops in every rank)
 
 
+_incarnations = itertools.count(1)
+
+
+def restart_world(timeout_s: float) -> None:
+    """In a rank: destroy every process group and start a new world of the same ranks and backend
+    over the same rendezvous store (under a fresh prefix, so its keys never meet the old world's).
+    Group names restart from '0', which is what tests of stale groups need."""
+    import torch.distributed as dist
+
+    store = dist.distributed_c10d._get_default_store()
+    rank, n, backend = dist.get_rank(), dist.get_world_size(), dist.get_backend()
+    dist.destroy_process_group()
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"incarnation{next(_incarnations)}", store),
+        rank=rank,
+        world_size=n,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
 def _worker_main(rank, world_size, backend, store_port, conn, env, ready_job):
     os.environ.update(env)
     try:

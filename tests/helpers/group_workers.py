@@ -1,13 +1,13 @@
 """Rank functions for the group, export and functional-collectives tests (module level: they
 pickle by reference)."""
 
-import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 import compile_ops
+from compile_ops.testing.pool import restart_world
 
 
 def outcome(fn, *args, **kwargs):
@@ -68,22 +68,6 @@ def alias_refusals():
 # --- destroyed groups raise, and code compiled before a re-init never runs on a new group ------
 
 
-def _reinit_world(timeout_s: float) -> None:
-    """Destroy every group and start a new world over the same rendezvous store."""
-    store = dist.distributed_c10d._get_default_store()
-    rank, n = dist.get_rank(), dist.get_world_size()
-    incarnation = int(os.environ.get("GROUPS_TEST_INCARNATION", "0")) + 1
-    os.environ["GROUPS_TEST_INCARNATION"] = str(incarnation)
-    dist.destroy_process_group()
-    dist.init_process_group(
-        "gloo",
-        store=dist.PrefixStore(f"incarnation{incarnation}", store),
-        rank=rank,
-        world_size=n,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
-
-
 def stale_groups_after_reinit(timeout_s: float = 20.0):
     """World 3: groups '0' (world) and '1' (ranks 1, 2) are used eager and compiled, every group
     is destroyed, a new world starts, whose group '1' is ranks 0 and 1. Every use of an old
@@ -98,7 +82,7 @@ def stale_groups_after_reinit(timeout_s: float = 20.0):
     before = {"world": outcome(by_arg, x, old_world), "default": outcome(by_default, x)}
     if rank != 0:
         before["sub"] = outcome(by_closure, x)
-    _reinit_world(timeout_s)
+    restart_world(timeout_s)
     new_sub = dist.new_group([0, 1])
     after = {
         "names": [getattr(g, "group_name", None) for g in (old_world, old_sub, new_sub)],
