@@ -91,21 +91,27 @@ def run_block(
     """
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    rank = dist.get_rank()
     block, ref = _block(manager, kind, dtype, config, debug, device=device)
     counter = CompileCounterWithBackend(backend) if backend else None
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        results = _run_steps(block, ref, steps, dtype, config.hidden, device, counter)
+    return results, counter.frame_count if counter else 0
+
+
+def _run_steps(block, ref, steps, dtype, hidden: int, device: str, counter) -> list:
+    """``block`` on each step's tokens, compiled under ``counter`` (a Dynamo compile counter;
+    the token dimension unbacked) or eager (None): per step ``(out, reference rows)``."""
+    rank = dist.get_rank()
+    fn = block
     if counter:
         torch._dynamo.reset()
         fn = torch.compile(block, backend=counter, fullgraph=True)
-    else:
-        fn = block
     results = []
-    with torch._dynamo.config.patch(capture_scalar_outputs=True):
-        for step, counts in enumerate(steps):
-            xs = [x.to(device) for x in tokens(counts, dtype, step, config.hidden)]
-            x = mark_token_dim(xs[rank].clone()) if counter else xs[rank]
-            results.append((fn(x), _own(ref(torch.cat(xs)), counts, rank)))
-    return results, counter.frame_count if counter else 0
+    for step, counts in enumerate(steps):
+        xs = [x.to(device) for x in tokens(counts, dtype, step, hidden)]
+        x = mark_token_dim(xs[rank].clone()) if counter else xs[rank]
+        results.append((fn(x), _own(ref(torch.cat(xs)), counts, rank)))
+    return results
 
 
 def run_flipped(manager: str, kind: str, counts: list[int], backend: str | None = None):
@@ -256,20 +262,10 @@ def run_capacity(
     """
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    rank = dist.get_rank()
     block, ref = capacity_block(manager, kind, dtype, per_peer, debug, device)
     recorder = GraphRecorder() if backend == "record" else None
     counter = CompileCounterWithBackend(recorder or backend) if backend else None
-    if counter:
-        torch._dynamo.reset()
-        fn = torch.compile(block, backend=counter, fullgraph=True)
-    else:
-        fn = block
-    results = []
-    for step, counts in enumerate(steps):
-        xs = [x.to(device) for x in tokens(counts, dtype, step, CONFIG.hidden)]
-        x = mark_token_dim(xs[rank].clone()) if counter else xs[rank]
-        results.append((fn(x), _own(ref(torch.cat(xs)), counts, rank)))
+    results = _run_steps(block, ref, steps, dtype, CONFIG.hidden, device, counter)
     dropped = getattr(block.manager, "dropped", torch.zeros(())).item()
     return {
         "steps": results,
