@@ -1,5 +1,6 @@
-"""Registers, spills and shared memory of the Triton grouped GEMM (compile_ops/moe/
-triton_grouped_gemm.py) for every tile it launches, compiled for a GPU target on any machine:
+"""Registers, spills and shared memory of the MoE Triton kernels, compiled for a GPU target on any
+machine: the grouped GEMM (compile_ops/moe/triton_grouped_gemm.py) for every tile it launches,
+and the capacity all_to_all send-buffer kernel (triton_peer_pack.py) at a decode shape.
 Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU needed).
 
     python3 benchmarks/moe_kernel_resources.py              # sm_90 (H100, H200), bf16 and fp32
@@ -7,7 +8,8 @@ Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU 
 
 A kernel at the 255-register cap that spills keeps part of its live state in local memory (read
 through L1/L2): that is what this is for. The shape only sets the EVEN_K/EVEN_N variants; the
-defaults are DeepSeek-V2-Lite's (hidden 2048, intermediate 1408, 64 experts).
+defaults are DeepSeek-V2-Lite's (hidden 2048, intermediate 1408, 64 experts; the send buffer at
+top-6, two ranks, 64 tokens per rank).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compile_ops.moe import triton_grouped_gemm as tg
+from compile_ops.moe import triton_peer_pack as tpp
 
 POINTERS = ("a_ptr", "w_ptr", "ends_ptr", "rows_ptr", "dest_ptr", "scale_ptr", "out_ptr")
 SCALARS = ("num_m", "N", "K", "stride_a", "stride_we", "stride_wn", "stride_out")
@@ -50,7 +53,32 @@ def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: in
     meta = tg.kernel_constants(kernel, cfg, 1, shape["experts"], n, k)
     source = ASTSource(tg.grouped_gemm_kernel, _signature(kernel, dtype, meta), constexprs=meta)
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    report = _ptxas_report(triton.compile(source, target=_target(arch), options=options), arch)
+    return {
+        "kernel": kernel,
+        "dtype": dtype.lstrip("*"),
+        "tile": "x".join(map(str, cfg[:3])) + f" w{cfg.num_warps} s{cfg.num_stages}",
+        **report,
+    }
+
+
+def peer_pack_resources(arch: int, k: int = 6, ranks: int = 2, per_rank: int = 64) -> dict:
+    """ptxas's report for the send-buffer kernel with a 16-bit wire."""
+    ints = ("n_tokens", "n_experts", "hidden", "stride_x", "stride_wire")
+    sig = {"x_ptr": "*i16", "ids_ptr": "*i64", "weights_ptr": "*fp32", "owners_ptr": "*u8"}
+    sig |= {"wire_ptr": "*i16", "back_ptr": "*i64"} | {name: "i32" for name in ints}
+    meta = tpp.kernel_constants(k, ranks, per_rank, per_rank, 2)
+    source = ASTSource(tpp.peer_pack_kernel, sig | dict.fromkeys(meta, "constexpr"), meta)
+    compiled = triton.compile(source, target=_target(arch), options={"num_warps": tpp.NUM_WARPS})
+    tile = f"{tpp.BLOCK_T}x{tpp.BLOCK_H} w{tpp.NUM_WARPS}"
+    return {"kernel": "peer_pack", "dtype": "bf16", "tile": tile, **_ptxas_report(compiled, arch)}
+
+
+def _target(arch: int) -> GPUTarget:
+    return GPUTarget("cuda", arch, 32)
+
+
+def _ptxas_report(compiled, arch: int) -> dict:
     suffix = "a" if arch >= 90 else ""
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "kernel.ptx"
@@ -60,9 +88,6 @@ def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: in
         report = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     number = lambda pattern: int(re.search(pattern, report).group(1))  # noqa: E731
     return {
-        "kernel": kernel,
-        "dtype": dtype.lstrip("*"),
-        "tile": "x".join(map(str, cfg[:3])) + f" w{cfg.num_warps} s{cfg.num_stages}",
         "registers": number(r"Used (\d+) registers"),
         "spill_stores": number(r"(\d+) bytes spill stores"),
         "spill_loads": number(r"(\d+) bytes spill loads"),
@@ -80,19 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shape = {"hidden": args.hidden, "intermediate": args.intermediate, "experts": args.experts}
     rows = []
-    for dtype in args.dtypes.split(","):
-        size = 4 if dtype == "fp32" else 2
-        for kernel in ("gate_up", "down"):
-            for cfg in tg.CONFIGS[(kernel, size)]:
-                rows.append(resources(kernel, f"*{dtype}", cfg, shape, args.arch))
-                if not args.json:
-                    r = rows[-1]
-                    print(
-                        f"{r['kernel']:8} {r['dtype']:5} {r['tile']:22} {r['registers']:4d} regs  "
-                        f"spill {r['spill_stores']:5d} B stored, {r['spill_loads']:5d} B loaded  "
-                        f"shared {r['shared_bytes']:6d} B",
-                        flush=True,
-                    )
+    every = [
+        (lambda d=dtype, k=kernel, c=cfg: resources(k, f"*{d}", c, shape, args.arch))
+        for dtype in args.dtypes.split(",")
+        for kernel in ("gate_up", "down")
+        for cfg in tg.CONFIGS[(kernel, 4 if dtype == "fp32" else 2)]
+    ] + [lambda: peer_pack_resources(args.arch)]
+    for measure in every:
+        rows.append(measure())
+        if not args.json:
+            r = rows[-1]
+            print(
+                f"{r['kernel']:9} {r['dtype']:5} {r['tile']:22} {r['registers']:4d} regs  "
+                f"spill {r['spill_stores']:5d} B stored, {r['spill_loads']:5d} B loaded  "
+                f"shared {r['shared_bytes']:6d} B",
+                flush=True,
+            )
     if args.json:
         print(json.dumps({"arch": args.arch, "shape": shape, "rows": rows}, indent=1))
     return 0

@@ -165,7 +165,7 @@ def resolve_experts_impl(device: torch.device | str, dtype: torch.dtype) -> str:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        if _triton_available():
+        if triton_available():
             return "triton"
         if dtype == torch.bfloat16 and _has_grouped_mm():
             return "grouped_mm"
@@ -179,7 +179,7 @@ def check_experts_impl(impl: str, device: torch.device | str, dtype: torch.dtype
         raise ValueError(f"compile_ops.moe: experts_impl={impl!r} is not one of {EXPERTS_IMPLS}")
     if impl == "auto":
         impl = resolve_experts_impl(device, dtype)
-    elif impl == "triton" and (device.type != "cuda" or not _triton_available()):
+    elif impl == "triton" and (device.type != "cuda" or not triton_available()):
         raise ValueError(
             f"compile_ops.moe: experts_impl='triton' needs a CUDA device and triton; the "
             f"weights are on {device}"
@@ -200,7 +200,8 @@ def _has_grouped_mm() -> bool:
     return hasattr(torch, "_grouped_mm")
 
 
-def _triton_available() -> bool:
+def triton_available() -> bool:
+    """Whether triton imports here (the Triton paths need it; the package runs without)."""
     try:
         import triton  # noqa: F401
     except ImportError:

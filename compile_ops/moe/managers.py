@@ -31,6 +31,8 @@ import torch
 from .capacity import Capacity
 from .comm import GroupComm
 from .layout import Layout
+from .peer_pack import dropped, not_sent, peer_pack
+from .wire import from_wire, pack_routing, padding_rows, to_wire
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,6 @@ class Dispatched:
     topk_ids: torch.Tensor
     topk_weights: torch.Tensor
     state: tuple[Any, ...] = ()
-
-
-def _pack_routing(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    # One tensor, one collective; expert ids are exact in float32 (< 2**24).
-    return torch.cat([ids.to(torch.float32), weights.to(torch.float32)], dim=-1)
 
 
 def _unpack_routing(x: torch.Tensor, routing: torch.Tensor, state=()) -> Dispatched:
@@ -118,7 +115,7 @@ class NaiveManager(All2AllManager):
         torch._check(longest >= n_tokens)
         pad = longest - n_tokens
         x = torch.cat([x, x.new_zeros((pad, x.shape[1]))])
-        routing = _pack_routing(topk_ids, topk_weights)
+        routing = pack_routing(topk_ids, topk_weights)
         # Padding rows have weight 0: they reach no expert.
         routing = torch.cat([routing, routing.new_zeros((pad, routing.shape[1]))])
         return _unpack_routing(
@@ -141,7 +138,7 @@ class AgRsManager(All2AllManager):
 
     def dispatch(self, x, topk_ids, topk_weights):
         sizes = self.comm.token_counts(x.shape[0], x.device)
-        routing = _pack_routing(topk_ids, topk_weights)
+        routing = pack_routing(topk_ids, topk_weights)
         return _unpack_routing(
             self.comm.all_gatherv(x, sizes), self.comm.all_gatherv(routing, sizes), (sizes,)
         )
@@ -178,7 +175,7 @@ class AllToAllManager(All2AllManager):
         skipped = (~wanted).t().reshape(-1).to(torch.int8)
         order = torch.argsort(skipped, stable=True).narrow(0, 0, total)
         token = order % n_tokens
-        routing = _pack_routing(topk_ids, topk_weights)
+        routing = pack_routing(topk_ids, topk_weights)
         return _unpack_routing(
             self.comm.all_to_all(x[token], recv, send),
             self.comm.all_to_all(routing[token], recv, send),
@@ -199,26 +196,12 @@ def _padded_wire(capacity: Capacity, comm: GroupComm, x, ids, weights) -> torch.
     """``x`` and its routing as one ``[per_rank, ...]`` wire tensor, padded at the end with
     rows that reach no expert (id -1, weight 0)."""
     capacity.check(comm, x)
-    wire = _wire(x, _pack_routing(ids, weights))
-    return torch.cat([wire, _padding_rows(capacity.per_rank - x.shape[0], x, ids.shape[1])])
-
-
-def _wire(x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
-    """Rows and their float32 routing as one tensor of ``x``'s dtype (the routing's bits
-    reinterpreted, never converted): one collective moves both."""
-    return torch.cat([x, routing.view(x.dtype)], dim=1)
+    wire = to_wire(x, pack_routing(ids, weights))
+    return torch.cat([wire, padding_rows(capacity.per_rank - x.shape[0], x, ids.shape[1])])
 
 
 def _unwire(wire: torch.Tensor, hidden: int, state: tuple) -> Dispatched:
-    routing = wire[:, hidden:].contiguous().view(torch.float32)
-    return _unpack_routing(wire[:, :hidden], routing, state)
-
-
-def _padding_rows(rows, x: torch.Tensor, k: int) -> torch.Tensor:
-    """``rows`` wire rows that reach no expert anywhere: zeros, expert ids -1, weights 0."""
-    ids = torch.full((rows, k), -1, dtype=torch.int64, device=x.device)
-    weights = torch.zeros((rows, k), dtype=torch.float32, device=x.device)
-    return _wire(x.new_zeros((rows, x.shape[1])), _pack_routing(ids, weights))
+    return _unpack_routing(*from_wire(wire, hidden), state)
 
 
 class _CapacityMode:
@@ -290,34 +273,24 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
         self.register_buffer("dropped", zero, persistent=False)
 
     def dispatch(self, x, topk_ids, topk_weights):
-        n, per_peer = self.comm.size, self.capacity.per_peer
-        wanted = self.owners[topk_ids].any(dim=1)  # [T, n]: rank r gets token t
-        self.capacity.check(self.comm, x, sends=wanted.sum(0))
-        # Where each (token, rank) pair goes: rank r's block, at the token's place among the
-        # tokens sent to r; row n * per_peer (a dump row) where the token is not sent there.
-        running = wanted.cumsum(0)  # [T, n]: tokens for rank r among rows 0..t
-        kept = wanted & (running <= per_peer)
-        offsets = torch.arange(n, device=x.device) * per_peer
-        back = torch.where(kept, running - 1 + offsets, n * per_peer)
-        # Its inverse: the row that fills each slot, row T (padding) where none does. Each kept
-        # pair has a slot of its own; only the dump row, cut off after, is written more than once.
-        token = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(back)
-        rows = torch.full((n * per_peer + 1,), x.shape[0], dtype=back.dtype, device=x.device)
-        rows = rows.scatter(0, back.reshape(-1), token.reshape(-1))[:-1]
-        wire = _wire(x, _pack_routing(topk_ids, topk_weights))
-        wire = torch.cat([wire, _padding_rows(1, x, topk_ids.shape[1])])
-        splits = [per_peer] * n
-        received = self.comm.all_to_all(wire[rows], splits, splits)
-        if per_peer < self.capacity.per_rank:
-            self.dropped.add_((wanted & ~kept).sum())
+        n, cap = self.comm.size, self.capacity
+        # Rows per peer, for the eager check only (compiled, this is dead code and removed).
+        sends = self.owners[topk_ids].any(dim=1).sum(0)
+        cap.check(self.comm, x, sends=sends)
+        wire, back = peer_pack(x, topk_ids, topk_weights, self.owners, cap.per_peer, cap.per_rank)
+        splits = [cap.per_peer] * n
+        received = self.comm.all_to_all(wire, splits, splits)
+        if cap.per_peer < cap.per_rank:
+            self.dropped.add_((back == dropped(n, cap.per_peer)).sum())
         return _unwire(received, x.shape[1], (back,))
 
     def combine(self, y, d):
         (back,) = d.state
-        splits = [self.capacity.per_peer] * self.comm.size
-        partials = self.comm.all_to_all(y, splits, splits)
-        partials = torch.cat([partials, partials.new_zeros((1, y.shape[1]))])
-        return partials[back].float().sum(1).to(y.dtype)
+        n, per_peer = self.comm.size, self.capacity.per_peer
+        partials = self.comm.all_to_all(y, [per_peer] * n, [per_peer] * n)
+        sent = back < not_sent(n, per_peer)
+        rows = partials[torch.where(sent, back, 0)].float()  # [T, n, H]
+        return torch.where(sent.unsqueeze(-1), rows, 0.0).sum(1).to(y.dtype)
 
     def reset_dropped(self) -> None:
         self.dropped.zero_()
