@@ -65,8 +65,8 @@ def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: in
 def peer_pack_resources(arch: int, k: int = 6, ranks: int = 2, per_rank: int = 64) -> dict:
     """ptxas's report for the send-buffer kernel with a 16-bit wire."""
     ints = ("n_tokens", "n_experts", "hidden", "stride_x", "stride_wire")
-    sig = {"x_ptr": "*i16", "ids_ptr": "*i64", "weights_ptr": "*fp32", "owners_ptr": "*u8"}
-    sig |= {"wire_ptr": "*i16", "back_ptr": "*i64"} | {name: "i32" for name in ints}
+    sig = {"x_ptr": "*bf16", "ids_ptr": "*i64", "weights_ptr": "*fp32", "owners_ptr": "*i1"}
+    sig |= {"wire_ptr": "*bf16", "back_ptr": "*i64"} | {name: "i32" for name in ints}
     meta = tpp.kernel_constants(k, ranks, per_rank, per_rank, 2)
     source = ASTSource(tpp.peer_pack_kernel, sig | dict.fromkeys(meta, "constexpr"), meta)
     compiled = triton.compile(source, target=_target(arch), options={"num_warps": tpp.NUM_WARPS})

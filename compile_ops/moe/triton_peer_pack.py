@@ -68,13 +68,15 @@ def _store_routing(
     ok = row_ok[:, None] & (kk < K)[None, :]
     base = wire_ptr + row.to(tl.int64)[:, None] * stride + hidden
     for part in tl.static_range(2):
-        bits = (ids if part == 0 else weights).to(tl.int32, bitcast=True)
+        values = ids if part == 0 else weights
         if HALVES == 1:
-            tl.store(base + part * K + kk[None, :], bits, mask=ok)
+            tl.store(base + part * K + kk[None, :], values, mask=ok)
         else:
+            bits = values.to(tl.int32, bitcast=True)
             col = part * 2 * K + 2 * kk[None, :]
-            tl.store(base + col, bits.to(tl.int16), mask=ok)
-            tl.store(base + col + 1, (bits >> 16).to(tl.int16), mask=ok)
+            half = wire_ptr.dtype.element_ty
+            tl.store(base + col, bits.to(tl.int16).to(half, bitcast=True), mask=ok)
+            tl.store(base + col + 1, (bits >> 16).to(tl.int16).to(half, bitcast=True), mask=ok)
 
 
 @triton.jit
@@ -85,8 +87,8 @@ def peer_pack_kernel(
     PER_PEER: tl.constexpr, PER_RANK: tl.constexpr, HALVES: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_SCAN: tl.constexpr,
 ):  # fmt: skip
-    """See the module docstring. ``x``/``wire`` are passed as same-width integers (the rows'
-    bits are copied, never converted); ``owners`` ``[E, N_RANKS]`` as uint8; ``back`` ``[T,
+    """See the module docstring. ``x`` and ``wire`` share a dtype (rows are copied, the
+    routing's bits written into it); ``owners`` ``[E, N_RANKS]`` bool; ``back`` ``[T,
     N_RANKS]`` int64: the token's slot on that rank, ``N_RANKS * PER_PEER`` where it is not
     sent, ``N_RANKS * PER_PEER + 1`` where it was dropped (that peer's block was full)."""
     first = tl.program_id(0) * BLOCK_T
@@ -146,11 +148,6 @@ def peer_pack_kernel(
             )
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """``t``'s elements as same-width integers (the kernel copies bits)."""
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
-
-
 def pack(kernel, x, topk_ids, topk_weights, owners, per_peer: int, per_rank: int):
     """Allocate and launch: ``kernel`` is ``peer_pack_kernel`` itself (Triton's interpreter on
     a CPU, in the tests) or wrapped for tracing (the op below)."""
@@ -163,7 +160,7 @@ def pack(kernel, x, topk_ids, topk_weights, owners, per_peer: int, per_rank: int
     back = topk_ids.new_empty((n_tokens, n_ranks))
     grid = (triton.cdiv(per_rank, BLOCK_T), triton.cdiv(hidden, BLOCK_H))
     kernel[grid](
-        _bits(x), topk_ids, topk_weights, owners.view(torch.uint8), _bits(wire), back,
+        x, topk_ids, topk_weights, owners, wire, back,
         n_tokens, n_experts, hidden, x.stride(0), wire.stride(0),
         **kernel_constants(k, n_ranks, per_peer, per_rank, halves), num_warps=NUM_WARPS,
     )  # fmt: skip
