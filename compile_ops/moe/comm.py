@@ -42,21 +42,20 @@ class GroupComm:
             )
 
     def _alone(self, op: str, x: torch.Tensor, **sizes: Sequence[int]) -> bool:
-        """Whether the group has one rank, where ``op`` returns ``x``'s values and its caller
-        returns ``x`` itself: no collective is traced or launched (at one rank it moves nothing
-        but still costs a launch, and the count exchange a host synchronisation).
+        """Whether the group has one rank. There ``op`` would return ``x``'s values, so the caller
+        returns ``x`` and no collective is traced or launched: at one rank it moves nothing, yet
+        costs its launch and host work.
 
-        ``x`` itself, not a copy (the op's result is always new): each caller passes a tensor it
-        made for the call, or the block's input, and only reads what comes back (each method
-        says which). A caller that then writes into either must copy.
+        ``x`` itself, not a copy (the op's result is always new): every caller passes a tensor
+        it made for the call, or the block's input, and only reads the result (each method says
+        which); one that writes into either must copy.
 
-        What the op would refuse here is refused first, with the op's message: a size list
-        without one entry per rank, or whose entry is not x's row count (at one rank a rank
-        sends and receives its own rows; compiled, an entry read from data is checked by a
-        run-time assertion), ``x`` without a dim 0, ``x`` on a device the group does not serve.
-        Not repeated: the reductions' refusal of some dtypes and of a gradient through
-        all_reduce, which concern more than one rank: at one rank a sum is its input, whatever
-        the dtype, and so is its gradient.
+        What the op would refuse is refused first, with its message: a size list (``sizes``, by
+        argument name) without one entry or whose entry is not ``x.shape[0]`` (compiled: while
+        tracing, or by a run-time assertion for sizes read from data), ``x`` without a dim 0,
+        ``x`` on a device the group does not serve. Not repeated: the reductions' refusal of
+        some dtypes and of a gradient through all_reduce, which only matter with more than one
+        rank (at one, a sum is its input whatever the dtype, and so is its gradient).
         """
         if self.size != 1:
             return False
