@@ -146,7 +146,7 @@ def one_rank_refusals():
         ),
         "all_reduce_device": (
             lambda: comm.all_reduce(torch.ones(2, device="meta")),
-            None,  # the op refuses meta tensors before the device; a CPU group has no other
+            None,  # the op refuses meta (no data) first; the one device gloo does not serve
         ),
         # The op leaves this one to the backend (gloo: "enforce fail ... alltoallv.cc").
         "all_to_all_output_rows": (lambda: comm.all_to_all(x, [5], [3]), None),
@@ -159,7 +159,7 @@ def one_rank_refusals():
 
 def compiled_refusals():
     """Compiled at one rank: split sizes read from data that do not give x's rows fail at run
-    time (never a silent result of the wrong shape); static ones fail as the op fails."""
+    time (never a silent result of the wrong shape); static ones are refused while tracing."""
     comm = GroupComm(None, "test")
 
     def exchange(x, counts):
