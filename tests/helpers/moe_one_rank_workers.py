@@ -1,5 +1,5 @@
 """The sharded MoE block on a one-rank group, run inside the worker ranks: which collectives it
-traces and calls, its output against the reference, and what GroupComm refuses there."""
+traces and calls, its output against the reference."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import compile_ops
 from compile_ops.moe import Layout, MoEBlock, MoEWeights, ShardedMoEBlock, mark_token_dim
-from compile_ops.moe.comm import GroupComm
 
 from .moe_workers import CONFIG, GraphRecorder, tokens
-from .workers import raises
 
 # The namespaces of the collective ops a graph could hold: ours, and torch's functional
 # collectives (what ours become under compile_ops.use_functional_collectives).
@@ -93,89 +90,3 @@ def eager_collectives(managers: list[str], capacities: list[int | None]):
             want = ref(torch.cat(xs))[start : start + counts[rank]]
             results[(manager, capacity)] = (sorted(set(mode.called)), out, want)
     return results
-
-
-def one_rank_refusals():
-    """Each bad argument at one rank: (GroupComm's error, the public op's error)."""
-    comm = GroupComm(None, "test")
-    x, counts = torch.randn(3, 4), torch.ones(3, dtype=torch.int64)
-    ours_theirs = {
-        "all_gatherv_entries": (
-            lambda: comm.all_gatherv(x, [3, 0]),
-            lambda: compile_ops.all_gatherv(x, [3, 0]),
-        ),
-        "all_gatherv_negative": (
-            lambda: comm.all_gatherv(x, [-1]),
-            lambda: compile_ops.all_gatherv(x, [-1]),
-        ),
-        "all_gatherv_rows": (
-            lambda: comm.all_gatherv(x, [5]),
-            lambda: compile_ops.all_gatherv(x, [5]),
-        ),
-        "reduce_scatterv_entries": (
-            lambda: comm.reduce_scatterv(x, [3, 0]),
-            lambda: compile_ops.reduce_scatterv(x, [3, 0]),
-        ),
-        "reduce_scatterv_rows": (
-            lambda: comm.reduce_scatterv(x, [2]),
-            lambda: compile_ops.reduce_scatterv(x, [2]),
-        ),
-        "all_to_all_entries": (
-            lambda: comm.all_to_all(x, [3, 0], [3]),
-            lambda: compile_ops.all_to_all(x, [3, 0], [3]),
-        ),
-        "all_to_all_input_rows": (
-            lambda: comm.all_to_all(x, [3], [5]),
-            lambda: compile_ops.all_to_all(x, [3], [5]),
-        ),
-        "all_to_all_output_negative": (
-            lambda: comm.all_to_all(x, [-1], [3]),
-            lambda: compile_ops.all_to_all(x, [-1], [3]),
-        ),
-        "exchange_counts_rows": (
-            lambda: comm.exchange_counts(counts),
-            lambda: compile_ops.all_to_all(counts, [1], [1]),
-        ),
-        "all_gather_scalar": (
-            lambda: comm.all_gather(torch.tensor(1.0)),
-            lambda: compile_ops.all_gather(torch.tensor(1.0)),
-        ),
-        "reduce_scatter_scalar": (
-            lambda: comm.reduce_scatter(torch.tensor(1.0)),
-            lambda: compile_ops.reduce_scatter(torch.tensor(1.0)),
-        ),
-        "all_reduce_device": (
-            lambda: comm.all_reduce(torch.ones(2, device="meta")),
-            None,  # the op refuses meta (no data) first; the one device gloo does not serve
-        ),
-        # The op leaves this one to the backend (gloo: "enforce fail ... alltoallv.cc").
-        "all_to_all_output_rows": (lambda: comm.all_to_all(x, [5], [3]), None),
-    }
-    return {
-        case: (raises(ours), theirs and raises(theirs))
-        for case, (ours, theirs) in ours_theirs.items()
-    }
-
-
-def compiled_refusals():
-    """Compiled at one rank: split sizes read from data that do not give x's rows fail at run
-    time (never a silent result of the wrong shape); static ones are refused while tracing."""
-    comm = GroupComm(None, "test")
-
-    def exchange(x, counts):
-        sent, received = counts.tolist()
-        return comm.all_to_all(x, [received], [sent])
-
-    def gather(x):
-        return comm.all_gatherv(x, [x.shape[0] + 1])
-
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(capture_scalar_outputs=True):
-        compiled = torch.compile(exchange, backend="aot_eager", fullgraph=True)
-        x = torch.randn(3, 4)
-        good = compiled(x, torch.tensor([3, 3]))
-        return {
-            "good": torch.equal(good, x),
-            "data": raises(compiled, x, torch.tensor([3, 2])),
-            "static": raises(torch.compile(gather, backend="aot_eager", fullgraph=True), x),
-        }
