@@ -7,7 +7,8 @@ Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU 
     python3 benchmarks/moe_kernel_resources.py --arch 100 --json
 
 A kernel at the 255-register cap that spills keeps part of its live state in local memory (read
-through L1/L2): that is what this is for. The shape only sets the EVEN_K/EVEN_N variants; the
+through L1/L2), and a k-loop without async copies waits on every load: that is what this is for.
+The kernels are compiled with the alignment facts Triton's launcher gives them at run time. The shape only sets the EVEN_K/EVEN_N variants; the
 defaults are DeepSeek-V2-Lite's (hidden 2048, intermediate 1408, 64 experts; the send buffer at
 top-6, two ranks, 64 tokens per rank).
 """
@@ -47,11 +48,29 @@ def _signature(kernel: str, dtype: str, meta: dict) -> dict:
     return sig | {name: "constexpr" for name in meta}
 
 
+def _specialized(fn, sig: dict, ints: dict) -> dict:
+    """The alignment facts Triton's launcher gives the compiler at run time, which a kernel
+    compiled from its source alone lacks: every pointer (torch's allocations) and every integer
+    argument whose value is a multiple of 16 is divisible by 16. Without them loads are not
+    vectorised and the k-loop is not pipelined, so registers and spills differ from the run."""
+    aligned = {
+        name
+        for name, kind in sig.items()
+        if kind.startswith("*") or (name in ints and ints[name] % 16 == 0)
+    }
+    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+
+
 def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: int) -> dict:
     """ptxas's report for one tile of ``kernel`` ("gate_up" or "down")."""
     n, k = (shape["intermediate"], shape["hidden"])[:: 1 if kernel == "gate_up" else -1]
     meta = tg.kernel_constants(kernel, cfg, 1, shape["experts"], n, k)
-    source = ASTSource(tg.grouped_gemm_kernel, _signature(kernel, dtype, meta), constexprs=meta)
+    rows_per_weight = 2 * n if kernel == "gate_up" else n
+    ints = {"N": n, "K": k, "stride_a": k, "stride_we": rows_per_weight * k, "stride_wn": k}
+    ints["stride_out"] = n  # num_m (row tiles) depends on the routing: no fact
+    sig = _signature(kernel, dtype, meta)
+    attrs = _specialized(tg.grouped_gemm_kernel, sig, ints)
+    source = ASTSource(tg.grouped_gemm_kernel, sig, constexprs=meta, attrs=attrs)
     options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     report = _ptxas_report(triton.compile(source, target=_target(arch), options=options), arch)
     return {
@@ -68,7 +87,10 @@ def peer_pack_resources(arch: int, k: int = 6, ranks: int = 2, per_rank: int = 6
     sig = {"x_ptr": "*bf16", "ids_ptr": "*i64", "weights_ptr": "*fp32", "owners_ptr": "*i1"}
     sig |= {"wire_ptr": "*bf16", "back_ptr": "*i64"} | {name: "i32" for name in ints}
     meta = tpp.kernel_constants(k, ranks, per_rank, per_rank, 2)
-    source = ASTSource(tpp.peer_pack_kernel, sig | dict.fromkeys(meta, "constexpr"), meta)
+    sig |= dict.fromkeys(meta, "constexpr")
+    ints = {"hidden": 2048, "stride_x": 2048, "stride_wire": 2048 + 4 * k}
+    attrs = _specialized(tpp.peer_pack_kernel, sig, ints)
+    source = ASTSource(tpp.peer_pack_kernel, sig, constexprs=meta, attrs=attrs)
     compiled = triton.compile(source, target=_target(arch), options={"num_warps": tpp.NUM_WARPS})
     tile = f"{tpp.BLOCK_T}x{tpp.BLOCK_H} w{tpp.NUM_WARPS}"
     return {"kernel": "peer_pack", "dtype": "bf16", "tile": tile, **_ptxas_report(compiled, arch)}
@@ -92,6 +114,7 @@ def _ptxas_report(compiled, arch: int) -> dict:
         "spill_stores": number(r"(\d+) bytes spill stores"),
         "spill_loads": number(r"(\d+) bytes spill loads"),
         "shared_bytes": compiled.metadata.shared,
+        "pipelined_loads": compiled.asm["ttgir"].count("async_copy_global_to_local"),
     }
 
 
@@ -118,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['kernel']:9} {r['dtype']:5} {r['tile']:22} {r['registers']:4d} regs  "
                 f"spill {r['spill_stores']:5d} B stored, {r['spill_loads']:5d} B loaded  "
-                f"shared {r['shared_bytes']:6d} B",
+                f"shared {r['shared_bytes']:6d} B  async copies {r['pipelined_loads']}",
                 flush=True,
             )
     if args.json:
