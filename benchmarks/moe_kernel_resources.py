@@ -8,8 +8,8 @@ Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU 
 
 A kernel at the 255-register cap that spills keeps part of its live state in local memory (read
 through L1/L2), and a k-loop without async copies waits on every load: that is what this is for.
-The kernels are compiled with the alignment facts Triton's launcher gives them at run time. The shape only sets the EVEN_K/EVEN_N variants; the
-defaults are DeepSeek-V2-Lite's (hidden 2048, intermediate 1408, 64 experts; the send buffer at
+The kernels are compiled with the alignment facts Triton's launcher gives them at run time.
+The shape only sets the EVEN_K/EVEN_N variants; the defaults are DeepSeek-V2-Lite's (hidden 2048, intermediate 1408, 64 experts; the send buffer at
 top-6, two ranks, 64 tokens per rank).
 """
 
