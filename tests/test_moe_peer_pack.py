@@ -74,3 +74,6 @@ def test_kernel_matches_torch_ops_on_gpu():
     assert peer_pack_cases.mismatches(tpp.peer_pack, "cuda") == []
     compiled = torch.compile(tpp.peer_pack, fullgraph=True)
     assert peer_pack_cases.mismatches(compiled, "cuda") == []
+    # The op's schema, its fake (the same function on fake tensors) and its dispatch.
+    args, per_peer, per_rank = peer_pack_cases.inputs(peer_pack_cases.CASES[1], "cuda")
+    torch.library.opcheck(torch.ops.compile_ops_moe.peer_pack, (*args, per_peer, per_rank))
