@@ -235,6 +235,18 @@ def test_gpu_sharded_block_each_impl(world, impl, dtype):
             torch.testing.assert_close(out, want, **TOL[dtype], msg=f"step {step}")
 
 
+def test_triton_kernel_matches_torch_in_triton_interpreter():
+    """Both roles and both 16-bit tiles on a CPU (Triton's interpreter) against float32 torch,
+    around the switch between the tiles: a few-rows launch whose grid misses a tile it needs (9
+    tiles for 383 rows over 4 experts) fails here."""
+    pytest.importorskip("triton")
+    from helpers import grouped_gemm_cases
+    from helpers.moe_workers import run_interpreted
+
+    out = run_interpreted("grouped_gemm_cases")
+    assert f"{len(grouped_gemm_cases.CASES)} cases equal" in out
+
+
 def test_triton_kernel_compiles_for_hopper_in_both_roles():
     """No GPU is needed to compile: Triton lowers the grouped GEMM for sm_90 and its ptxas
     assembles it, so a kernel that no longer compiles fails here, not first on a GPU. With the

@@ -4,18 +4,11 @@ a GPU compiled."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from helpers import peer_pack_cases
 
 from compile_ops.moe import peer_pack as pp
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_layout_slots_in_token_order_then_padding_and_back_marks_each_token():
@@ -48,14 +41,10 @@ def test_kernel_matches_torch_ops_in_triton_interpreter():
     """The kernel's logic on a CPU (Triton's interpreter), every case of peer_pack_cases: a
     running count that is off by one, or padding written over a kept row, fails here."""
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-    script = ROOT / "tests" / "helpers" / "peer_pack_cases.py"
-    done = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{len(peer_pack_cases.CASES)} cases equal" in done.stdout
+    from helpers.moe_workers import run_interpreted
+
+    out = run_interpreted("peer_pack_cases")
+    assert f"{len(peer_pack_cases.CASES)} cases equal" in out
 
 
 def test_kernel_compiles_for_hopper():

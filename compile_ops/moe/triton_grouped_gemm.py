@@ -220,13 +220,51 @@ def kernel_constants(kernel: str, cfg: TileConfig, regime: int, n_experts: int, 
 
 
 def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int):
-    """(grid, worst-case row tiles, compile-time arguments) of each launch of ``kernel``."""
+    """(grid, row tiles, compile-time arguments) of each launch of ``kernel``.
+
+    Row tiles are the worst case for ``pairs`` rows, and for the few-rows tile at most what
+    fewer than ``LARGE_FROM_ROWS_PER_EXPERT * n_experts`` routed rows can need (it returns
+    at once above that): its programs all run, idle or not, and at prefill an idle grid sized
+    for every row costs a wave of empty programs per SM-full of tiles."""
     configs = tile_configs(kernel, dtype)
     for regime, cfg in enumerate(configs, start=int(len(configs) > 1)):
         num_m = triton.cdiv(pairs, cfg.block_m) + n_experts
+        if regime == 1:
+            most = triton.cdiv(LARGE_FROM_ROWS_PER_EXPERT * n_experts, cfg.block_m) + n_experts
+            num_m = torch.sym_min(num_m, most)
         meta = kernel_constants(kernel, cfg, regime, n_experts, n, k)
         meta |= {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
         yield (num_m * triton.cdiv(n, cfg.block_n),), num_m, meta
+
+
+def launch_gate_up_silu(kernel, x, rows, gate_up, ends) -> torch.Tensor:
+    """``gate_up_silu``'s body with ``kernel`` launched as given: wrapped for tracing by the op,
+    or ``grouped_gemm_kernel`` itself (Triton's interpreter on a CPU, in the tests)."""
+    x, gate_up = x.contiguous(), gate_up.contiguous()
+    n_experts, two_i, hidden = gate_up.shape
+    inter = two_i // 2
+    out = x.new_empty((rows.shape[0], inter))
+    for grid, num_m, meta in _launches("gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden):
+        kernel[grid](
+            x, gate_up, ends, rows, ends, ends, out,  # ends: dest and scale are not read
+            num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
+            **meta,
+        )  # fmt: skip
+    return out
+
+
+def launch_down_scatter(kernel, act, down, ends, dest, scale) -> torch.Tensor:
+    """``down_scatter``'s body with ``kernel`` launched as given (see launch_gate_up_silu)."""
+    act, down = act.contiguous(), down.contiguous()
+    n_experts, hidden, inter = down.shape
+    out = act.new_empty((act.shape[0], hidden))
+    for grid, num_m, meta in _launches("down", act.dtype, act.shape[0], n_experts, hidden, inter):
+        kernel[grid](
+            act, down, ends, ends, dest, scale, out,  # ends: rows are not read
+            num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
+            **meta,
+        )  # fmt: skip
+    return out
 
 
 @triton_op("compile_ops_moe::gate_up_silu", mutates_args=())
@@ -235,17 +273,7 @@ def gate_up_silu(
 ) -> torch.Tensor:
     """``[P, I]``: ``silu(x[rows] @ gate.T) * (x[rows] @ up.T)`` per expert group (rows past
     ``ends[-1]`` unwritten). ``x`` ``[R, H]``, ``rows`` ``[P]``, ``gate_up`` ``[E, 2I, H]``."""
-    x, gate_up = x.contiguous(), gate_up.contiguous()
-    n_experts, two_i, hidden = gate_up.shape
-    inter = two_i // 2
-    out = x.new_empty((rows.shape[0], inter))
-    for grid, num_m, meta in _launches("gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden):
-        wrap_triton(grouped_gemm_kernel)[grid](
-            x, gate_up, ends, rows, ends, ends, out,  # ends: dest and scale are not read
-            num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
-            **meta,
-        )  # fmt: skip
-    return out
+    return launch_gate_up_silu(wrap_triton(grouped_gemm_kernel), x, rows, gate_up, ends)
 
 
 @triton_op("compile_ops_moe::down_scatter", mutates_args=())
@@ -258,13 +286,4 @@ def down_scatter(
 ) -> torch.Tensor:
     """``[P, H]``: row ``dest[p]`` is ``scale[p] * act[p] @ down[e].T`` for sorted position
     ``p`` of expert ``e`` (rows no position maps to are unwritten). ``down`` ``[E, H, I]``."""
-    act, down = act.contiguous(), down.contiguous()
-    n_experts, hidden, inter = down.shape
-    out = act.new_empty((act.shape[0], hidden))
-    for grid, num_m, meta in _launches("down", act.dtype, act.shape[0], n_experts, hidden, inter):
-        wrap_triton(grouped_gemm_kernel)[grid](
-            act, down, ends, ends, dest, scale, out,  # ends: rows are not read
-            num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
-            **meta,
-        )  # fmt: skip
-    return out
+    return launch_down_scatter(wrap_triton(grouped_gemm_kernel), act, down, ends, dest, scale)

@@ -417,3 +417,22 @@ def benchmark_script(name: str):
 def run_benchmark(name: str, function: str, *args):
     """``function(*args)`` of benchmarks/<name>.py, in this worker."""
     return getattr(benchmark_script(name), function)(*args)
+
+
+def run_interpreted(helper: str) -> str:
+    """Run tests/helpers/<helper>.py as a script under Triton's interpreter (kernels on the CPU,
+    no GPU) and return its output; fails the calling test if the script exits non-zero."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "tests")])
+    script = root / "tests" / "helpers" / f"{helper}.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout

@@ -1,0 +1,102 @@
+"""Cases for the Triton grouped GEMM (both roles, both 16-bit tiles) against float32 torch.
+
+Run as a script (``TRITON_INTERPRET=1`` on a CPU, the tests do), it launches the kernel itself
+and exits 1 naming every case whose rows differ from the reference. The cases straddle the
+switch between the two tiles (fewer than ``LARGE_FROM_ROWS_PER_EXPERT`` rows per expert on
+average, or not) and include the most tiles the few-rows launch can need below it."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+HIDDEN, INTER = 64, 48  # columns past a tile's edge, and a k-loop with a partial last block
+# rows per expert (sorted pairs; rows past their sum are padding the kernels must not touch)
+CASES = [
+    [3, 0, 70, 20],  # few rows: the 64-row tile runs
+    [65, 65, 65, 188],  # 383 rows, one short of the switch: the most 64-row tiles (9)
+    [96, 96, 96, 96],  # exactly at the switch: the 128-row tile runs
+    [100, 150, 0, 140],
+]
+PADDING = 17
+
+
+def inputs(counts: list[int], device):
+    g = torch.Generator().manual_seed(sum(counts))
+    experts, routed = len(counts), sum(counts)
+    tokens = routed // 2 + 1
+    x = torch.randn(tokens, HIDDEN, generator=g).to(torch.float16)
+    gate_up = (torch.randn(experts, 2 * INTER, HIDDEN, generator=g) / 8).to(torch.float16)
+    down = (torch.randn(experts, HIDDEN, INTER, generator=g) / 8).to(torch.float16)
+    rows = torch.randint(0, tokens, (routed + PADDING,), generator=g)
+    ends = torch.tensor(counts).cumsum(0).to(torch.int32)
+    dest = torch.randperm(routed + PADDING, generator=g)
+    scale = torch.rand(routed + PADDING, generator=g)
+    return [t.to(device) for t in (x, gate_up, down, rows, ends, dest, scale)]
+
+
+def expected(x, gate_up, down, rows, ends, dest, scale):
+    """(act, out) rows of the routed pairs in float32; padding rows are left out."""
+    inter = gate_up.shape[1] // 2
+    act = torch.zeros(rows.shape[0], inter)
+    out = torch.zeros(rows.shape[0], x.shape[1])
+    start = 0
+    for e, end in enumerate(ends.tolist()):
+        h = x[rows[start:end]].float() @ gate_up[e].float().T
+        a = (F.silu(h[:, :inter]) * h[:, inter:]).half().float()  # stored in 16 bits
+        act[start:end] = a
+        out[dest[start:end]] = scale[start:end, None] * (a @ down[e].float().T)
+        start = end
+    return act, out
+
+
+def mismatches(gate_up_silu, down_scatter, device) -> list[str]:
+    bad = []
+    for counts in CASES:
+        x, gate_up, down, rows, ends, dest, scale = inputs(counts, device)
+        want_act, want_out = expected(
+            *(t.cpu() for t in (x, gate_up, down, rows, ends, dest, scale))
+        )
+        routed = sum(counts)
+        act = gate_up_silu(x, rows, gate_up, ends).float().cpu()
+        out = down_scatter(want_act.half().to(device), down, ends, dest, scale).float().cpu()
+        kept = dest[:routed].cpu()
+        for name, got, want in (("act", act[:routed], want_act[:routed]),
+                                ("out", out[kept], want_out[kept])):  # fmt: skip
+            if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
+                worst = (got - want).abs().max().item()
+                bad.append(f"rows per expert {counts}: {name} off by up to {worst:.3g}")
+    return bad
+
+
+def _scalar_loop_bounds_in_the_interpreter() -> None:
+    """Triton's interpreter holds a scalar argument as a one-element array and converts it with
+    ``int()``, which NumPy >= 2.4 refuses for arrays with a dimension; the kernel's k-loop runs
+    to the argument K. Convert through ``.item()`` instead (this process only)."""
+    from triton.runtime import interpreter
+
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+
+
+if __name__ == "__main__":
+    from compile_ops.moe import triton_grouped_gemm as tg
+
+    _scalar_loop_bounds_in_the_interpreter()
+
+    def gate_up_silu(*a):
+        return tg.launch_gate_up_silu(tg.grouped_gemm_kernel, *a)
+
+    def down_scatter(*a):
+        return tg.launch_down_scatter(tg.grouped_gemm_kernel, *a)
+
+    failed = mismatches(gate_up_silu, down_scatter, "cpu")
+    print("\n".join(failed) or f"{len(CASES)} cases equal")
+    sys.exit(1 if failed else 0)
