@@ -16,12 +16,14 @@ MODES = {"dynamic": None, "capacity": CAPACITY}
 @pytest.mark.parametrize("manager", list(MANAGERS))
 @pytest.mark.parametrize("kind", ["tp", "ep", "tp_ep"])
 def test_compiled_block_traces_no_collective(world, kind, manager, mode):
-    """fullgraph=True, debug=True: no collective op in the ATen graph, one frame for every
-    count (none included), the reference's output, and the in-graph reduce check passes."""
+    """fullgraph=True, debug=True: no collective op and no host read in the graphs (every
+    manager can be captured at one rank, dynamic mode included), one frame for every count
+    (none included), the reference's output, and the in-graph reduce check passes."""
     capacity = MODES[mode]
     counts = [3, 0, capacity or 17]
     (result,) = world(1).run(compiled_block, manager, kind, capacity, counts)
     assert result["collectives"] == [], result["collectives"]
+    assert result["host_reads"] == [], result["host_reads"]
     assert result["frames"] == 1
     for step, (out, want) in enumerate(result["steps"]):
         assert out.shape == want.shape == (counts[step], want.shape[1])

@@ -162,12 +162,15 @@ class AllToAllManager(All2AllManager):
     def dispatch(self, x, topk_ids, topk_weights):
         n, n_tokens = self.comm.size, x.shape[0]
         wanted = self.owners[topk_ids].any(dim=1)  # [T, n]: rank r gets token t
-        send_counts = wanted.sum(0)
-        recv_counts = self.comm.exchange_counts(send_counts)
-        counts = torch.cat([send_counts, recv_counts]).tolist()
-        for c in counts:
-            torch._check(c >= 0)
-        send, recv = counts[:n], counts[n:]
+        if n == 1:  # every expert is here, so every token stays: no count to read back
+            send = recv = [n_tokens]
+        else:
+            send_counts = wanted.sum(0)
+            recv_counts = self.comm.exchange_counts(send_counts)
+            counts = torch.cat([send_counts, recv_counts]).tolist()
+            for c in counts:
+                torch._check(c >= 0)
+            send, recv = counts[:n], counts[n:]
         total = sum(send)
         torch._check(total <= n * n_tokens)
         # (rank, token) pairs in rank-major order, the wanted ones first: rank r's rows are

@@ -39,7 +39,8 @@ def _block(manager: str, kind: str, capacity: int | None):
 def compiled_block(manager: str, kind: str, capacity: int | None, counts: list[int]):
     """The block with ``debug=True`` (the reduce-contract check in the graph) compiled with
     ``fullgraph=True`` and the token dim unbacked: per call of ``counts`` tokens, (output,
-    reference); the collective ops of every ATen graph; the number of frames compiled."""
+    reference); the collective ops of every ATen graph; its host reads; the number of frames
+    compiled."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     block, ref = _block(manager, kind, capacity)
@@ -58,7 +59,13 @@ def compiled_block(manager: str, kind: str, capacity: int | None, counts: list[i
         for node in gm.graph.nodes
         if _is_collective(node.target)
     ]
-    return {"steps": steps, "collectives": found, "frames": counter.frame_count}
+    reads = recorder.host_reads()
+    return {
+        "steps": steps,
+        "collectives": found,
+        "host_reads": reads,
+        "frames": counter.frame_count,
+    }
 
 
 class _CollectivesCalled(TorchDispatchMode):
