@@ -3,12 +3,11 @@
 ``peer_pack(x, topk_ids, topk_weights, owners, per_peer, per_rank)`` returns
 
 * ``wire`` ``[n * per_peer, W]``: block ``r`` (rows ``r * per_peer ..``) holds, in token order,
-  the wire rows (wire.py) of the
-  tokens with an expert on rank ``r``, then padding rows (zeros, ids -1, weights 0) that reach no
-  expert; a block holds at most ``per_peer`` tokens;
-* ``back`` ``[T, n]`` int64: the row of ``wire`` that token ``t`` went to on rank ``r``,
-  ``n * per_peer`` (``NOT_SENT``) where it did not go there, ``n * per_peer + 1``
-  (``DROPPED``) where it should have but the block was full.
+  the wire rows (wire.py) of the tokens with an expert on rank ``r``, then padding rows (zeros,
+  ids -1, weights 0) that reach no expert; a block holds at most ``per_peer`` tokens;
+* ``back`` ``[T, n]`` int64: the row of ``wire`` that token ``t`` went to on rank ``r``;
+  ``not_sent(n, per_peer)`` (``n * per_peer``) where it did not go there, and
+  ``dropped(n, per_peer)`` (``n * per_peer + 1``) where it should have but the block was full.
 
 Two implementations, equal bit for bit (tested): one Triton launch on CUDA (triton_peer_pack.py;
 a decode step replays it, so launches count), and torch ops elsewhere. Shapes depend on
