@@ -277,10 +277,10 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
 
     def dispatch(self, x, topk_ids, topk_weights):
         n, cap = self.comm.size, self.capacity
-        # Rows per peer, for the eager check only (compiled, this is dead code and removed).
-        sends = self.owners[topk_ids].any(dim=1).sum(0)
-        cap.check(self.comm, x, sends=sends)
         wire, back = peer_pack(x, topk_ids, topk_weights, self.owners, cap.per_peer, cap.per_rank)
+        # Rows offered to each peer (sent or dropped), for the eager check, before anything
+        # moves (compiled, this is dead code and removed).
+        cap.check(self.comm, x, sends=(back != not_sent(n, cap.per_peer)).sum(0))
         splits = [cap.per_peer] * n
         received = self.comm.all_to_all(wire, splits, splits)
         if cap.per_peer < cap.per_rank:
