@@ -9,8 +9,8 @@ Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU 
 A kernel at the 255-register cap that spills keeps part of its live state in local memory (read
 through L1/L2), and a k-loop without async copies waits on every load: that is what this is for.
 The kernels are compiled with the alignment facts Triton's launcher gives them at run time.
-The shape only sets the EVEN_K/EVEN_N variants; the defaults are DeepSeek-V2-Lite's (hidden 2048, intermediate 1408, 64 experts; the send buffer at
-top-6, two ranks, 64 tokens per rank).
+The shape only sets the EVEN_K/EVEN_N variants; the defaults are DeepSeek-V2-Lite's (hidden
+2048, intermediate 1408, 64 experts; the send buffer at top-6, two ranks, 64 tokens per rank).
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: in
 
 def peer_pack_resources(arch: int, k: int = 6, ranks: int = 2, per_rank: int = 64) -> dict:
     """ptxas's report for the send-buffer kernel with a 16-bit wire."""
-    ints = ("n_tokens", "n_experts", "hidden", "stride_x", "stride_wire")
+    scalars = ("n_tokens", "n_experts", "hidden", "stride_x", "stride_wire")
     sig = {"x_ptr": "*bf16", "ids_ptr": "*i64", "weights_ptr": "*fp32", "owners_ptr": "*i1"}
-    sig |= {"wire_ptr": "*bf16", "back_ptr": "*i64"} | {name: "i32" for name in ints}
+    sig |= {"wire_ptr": "*bf16", "back_ptr": "*i64"} | {name: "i32" for name in scalars}
     meta = tpp.kernel_constants(k, ranks, per_rank, per_rank, 2)
     sig |= dict.fromkeys(meta, "constexpr")
     ints = {"hidden": 2048, "stride_x": 2048, "stride_wire": 2048 + 4 * k}
