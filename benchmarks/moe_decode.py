@@ -14,7 +14,8 @@ Per tokens-per-rank T and manager, one MoE block (router, top-k experts, shared 
 
 and the token movement alone in capacity mode (dispatch, combine and the block's reduce with the
 experts replaced by the identity; --movement managers), launched and replayed, so that the
-all_to_all manager's movement can be set against AgRs's.
+all_to_all manager's movement can be set against AgRs's: with its one-shot exchange where every
+rank can use it (one host's CUDA GPUs), and with NCCL's all_to_all as ``all_to_all/nccl``.
 
 A timing covers --steps consecutive steps (10), as a serving engine runs decode, started on idle
 ranks (a device barrier, then the host waits for the device), with device events (torch.Event)
@@ -50,6 +51,7 @@ from compile_ops.moe import (
     MoEWeights,
     ShardedMoEBlock,
     compute,
+    make_manager,
     mark_token_dim,
 )
 
@@ -202,15 +204,21 @@ def _movement_rows(opts, config, weights, layout, tokens, x, device) -> list[dic
     rows = []
     capacity = opts["capacity"] or tokens
     topk_weights, topk_ids = compute.route(x, weights.router, config)
-    for manager in opts["movement"]:
-        block = ShardedMoEBlock(config, weights, layout, manager, max_tokens_per_rank=capacity)
+    capacity_of = {"max_tokens_per_rank": capacity}
+    managers = []
+    for name in opts["movement"]:
+        managers.append((name, make_manager(name, layout, config.experts, device, **capacity_of)))
+        if getattr(managers[-1][1], "one_shot", False):  # NCCL's all_to_all, in the same run
+            nccl = make_manager(name, layout, config.experts, device, **capacity_of, one_shot=False)
+            managers.append((f"{name}/nccl", nccl))
+    for label_name, manager in managers:
         compiled = torch.compile(
-            Movement(block.manager), backend=opts["backend"], fullgraph=True, dynamic=False
+            Movement(manager), backend=opts["backend"], fullgraph=True, dynamic=False
         )
         args = (x, topk_ids, topk_weights)
-        label = f"movement {manager} T={tokens}"
+        label = f"movement {label_name} T={tokens}"
         for how, (seconds, _) in _timed_runs(opts, compiled, args, layout, device, label).items():
-            rows.append(_row("movement", manager, "capacity", how, tokens, capacity, seconds))
+            rows.append(_row("movement", label_name, "capacity", how, tokens, capacity, seconds))
     return rows
 
 
@@ -281,13 +289,13 @@ def print_report(rows: list[dict], meta: dict) -> None:
         f"torch {meta['torch']}, {meta['device_name']}, {meta['date']}"
     )
     print(
-        f"{'part':9} {'manager':11} {'mode':9} {'how':9} {'T':>4} {'N':>4} {'ms':>8} {'KiB sent':>9}  vs ref"
+        f"{'part':9} {'manager':15} {'mode':9} {'how':9} {'T':>4} {'N':>4} {'ms':>8} {'KiB sent':>9}  vs ref"
     )
     for r in rows:
         sent = f"{r['bytes_sent'] / 1024:9.1f}" if "bytes_sent" in r else f"{'-':>9}"
         check = f"{'ok' if r['ok'] else 'FAIL'} {r['max_abs_error']:.1e}" if "ok" in r else "-"
         print(
-            f"{r['part']:9} {r['manager']:11} {r['mode']:9} {r['how']:9} {r['tokens']:4d} "
+            f"{r['part']:9} {r['manager']:15} {r['mode']:9} {r['how']:9} {r['tokens']:4d} "
             f"{r['capacity'] or '-':>4} {r['ms']:8.3f} {sent}  {check}"
         )
     for line in ratios(rows):
@@ -306,10 +314,10 @@ def ratios(rows: list[dict]) -> list[str]:
                 f"T={tokens} {manager}: replayed / launched {t / launched:.2f}"
                 + (f", replayed / dynamic launched {t / dynamic:.2f}" if dynamic else "")
             )
-        if part == "movement" and manager == "all_to_all":
+        if part == "movement" and manager.startswith("all_to_all"):
             agrs = ms.get((part, "agrs", mode, how, tokens))
             if agrs:
-                lines.append(f"T={tokens} movement {how}: all_to_all / agrs {t / agrs:.2f}")
+                lines.append(f"T={tokens} movement {how}: {manager} / agrs {t / agrs:.2f}")
     return lines
 
 

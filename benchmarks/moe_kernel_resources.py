@@ -1,6 +1,7 @@
 """Registers, spills and shared memory of the MoE Triton kernels, compiled for a GPU target on any
 machine: the grouped GEMM (compile_ops/moe/triton_grouped_gemm.py) for every tile it launches,
-and the capacity all_to_all send-buffer kernel (triton_peer_pack.py) at a decode shape.
+the capacity all_to_all send-buffer kernel (triton_peer_pack.py) at a decode shape, and its
+one-shot exchange (triton_one_shot.py).
 Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU needed).
 
     python3 benchmarks/moe_kernel_resources.py              # sm_90 (H100, H200), bf16 and fp32
@@ -30,6 +31,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compile_ops.moe import triton_grouped_gemm as tg
+from compile_ops.moe import triton_one_shot as tos
 from compile_ops.moe import triton_peer_pack as tpp
 
 POINTERS = ("a_ptr", "w_ptr", "ends_ptr", "rows_ptr", "dest_ptr", "scale_ptr", "out_ptr")
@@ -96,6 +98,26 @@ def peer_pack_resources(arch: int, k: int = 6, ranks: int = 2, per_rank: int = 6
     return {"kernel": "peer_pack", "dtype": "bf16", "tile": tile, **_ptxas_report(compiled, arch)}
 
 
+def one_shot_resources(arch: int, ranks: int = 2) -> dict:
+    """ptxas's report for the one-shot exchange, 4-byte words, and the PTX's system-scope flag
+    atomics (a release to set a peer's flag, an acquire to take one's own)."""
+    sig = {"x_ptr": "*i32", "out_ptr": "*i32", "buffer_ptrs": "*i64", "signal_ptrs": "*i64"}
+    sig |= {"rank": "i32", "per_peer": "i32"}
+    meta = {"N_RANKS": ranks, "RANKS_POW2": triton.next_power_of_2(ranks), "BLOCK": tos.BLOCK}
+    sig |= dict.fromkeys(meta, "constexpr")
+    attrs = _specialized(tos.one_shot_all_to_all_kernel, sig, {})
+    source = ASTSource(tos.one_shot_all_to_all_kernel, sig, constexprs=meta, attrs=attrs)
+    compiled = triton.compile(source, target=_target(arch), options={"num_warps": tos.NUM_WARPS})
+    ptx = compiled.asm["ptx"]
+    atomics = {
+        "release_sys_cas": len(re.findall(r"atom\.(?:\w+\.)*release\.sys(?:\.\w+)*\.cas", ptx)),
+        "acquire_sys_cas": len(re.findall(r"atom\.(?:\w+\.)*acquire\.sys(?:\.\w+)*\.cas", ptx)),
+    }
+    tile = f"{tos.BLOCK} w{tos.NUM_WARPS}"
+    report = _ptxas_report(compiled, arch)
+    return {"kernel": "one_shot", "dtype": "i32", "tile": tile, **report, **atomics}
+
+
 def _target(arch: int) -> GPUTarget:
     return GPUTarget("cuda", arch, 32)
 
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(",")
         for kernel in ("gate_up", "down")
         for cfg in tg.CONFIGS[(kernel, 4 if dtype == "fp32" else 2)]
-    ] + [lambda: peer_pack_resources(args.arch)]
+    ] + [lambda: peer_pack_resources(args.arch), lambda: one_shot_resources(args.arch)]
     for measure in every:
         rows.append(measure())
         if not args.json:

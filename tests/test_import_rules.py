@@ -42,6 +42,7 @@ MAX_LINES = 400
 CUDA_ONLY = {
     "compile_ops.graph_capture": "its table of graph types per device names torch.cuda.CUDAGraph",
     "compile_ops.cli.bench.studies": "records the NCCL version, which only torch.cuda reports",
+    "compile_ops.moe.one_shot": "CUDA IPC exchange: asks torch.cuda which GPUs reach each other",
 }
 
 

@@ -188,19 +188,24 @@ def test_capacity_arguments_are_checked(world):
     expected = {
         "zero": "max_tokens_per_rank=0 must be a positive int",
         "float": "max_tokens_per_rank=8.0 must be a positive int",
-        "peer_alone": "max_tokens_per_peer is a capacity-mode bound; give max_tokens_per_rank",
+        "peer_alone": "max_tokens_per_peer belongs to capacity mode; give max_tokens_per_rank",
         "peer_for_agrs": "max_tokens_per_peer applies to the all_to_all manager only",
         "peer_above_rank": "max_tokens_per_peer=8 is larger than max_tokens_per_rank=4",
         "ranks_disagree": "were given different capacities, [max_tokens_per_rank, "
         "max_tokens_per_peer] by rank: [[8, 8], [9, 9]]",
         "block_vs_manager": "max_tokens_per_rank=4 but the manager given was built with "
         "max_tokens_per_rank=8",
+        "one_shot_alone": "one_shot belongs to capacity mode; give max_tokens_per_rank",
+        "one_shot_for_agrs": "one_shot applies to the all_to_all manager only, not 'agrs'",
+        "one_shot_on_gloo": "one_shot=True, but group",
     }
     for errors in per_rank:
         for what, text in expected.items():
             assert errors[what] is not None, f"{what}: no error"
             assert errors[what][0] == "ValueError" and text in errors[what][1], errors[what]
         assert errors["default_is_dynamic"] is True
+        assert errors["one_shot_default_off_gloo"] is True
+        assert "(gloo, 2 ranks) on cpu cannot use it" in errors["one_shot_on_gloo"][1]
         assert errors["given_manager_kept"] is True
     assert per_rank[0]["ranks_disagree"] == per_rank[1]["ranks_disagree"]
 

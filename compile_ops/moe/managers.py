@@ -31,6 +31,8 @@ import torch
 from .capacity import Capacity
 from .comm import GroupComm
 from .layout import Layout
+from .one_shot import MAX_BYTES as ONE_SHOT_MAX_BYTES
+from .one_shot import usable as one_shot_usable
 from .peer_pack import dropped, not_sent, peer_pack
 from .wire import from_wire, pack_routing, padding_rows, to_wire
 
@@ -268,12 +270,35 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
     output_is_reduced = True
 
     def __init__(
-        self, layout: Layout, experts: int, device: torch.device | str, capacity: Capacity
+        self,
+        layout: Layout,
+        experts: int,
+        device: torch.device | str,
+        capacity: Capacity,
+        one_shot: bool | None = None,
     ) -> None:
         super().__init__(layout, experts, device, capacity)
         self.register_buffer("owners", layout.owners(experts).to(device), persistent=False)
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.register_buffer("dropped", zero, persistent=False)
+        usable = (
+            one_shot_usable(self.comm, torch.device(device)) if one_shot is not False else False
+        )
+        if one_shot and not usable:
+            raise ValueError(
+                f"compile_ops.moe: one_shot=True, but group {self.comm.group!r} "
+                f"({self.comm.backend}, {self.comm.size} ranks) on {device} cannot use it: it "
+                "needs NCCL groups of CUDA GPUs on one host with peer access"
+            )
+        # Every rank reached the same verdict (a collective), so all take the same path.
+        self.one_shot = usable
+
+    def _exchange(self, x: torch.Tensor) -> torch.Tensor:
+        """Equal blocks of ``per_peer`` rows, one per rank, both ways."""
+        if self.one_shot and x.nbytes <= ONE_SHOT_MAX_BYTES:  # x's size is the same on every rank
+            return self.comm.one_shot_all_to_all(x)
+        splits = [self.capacity.per_peer] * self.comm.size
+        return self.comm.all_to_all(x, splits, splits)
 
     def dispatch(self, x, topk_ids, topk_weights):
         n, cap = self.comm.size, self.capacity
@@ -281,8 +306,7 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
         # Rows offered to each peer (sent or dropped), for the eager check, before anything
         # moves (compiled, this is dead code and removed).
         cap.check(self.comm, x, sends=(back != not_sent(n, cap.per_peer)).sum(0))
-        splits = [cap.per_peer] * n
-        received = self.comm.all_to_all(wire, splits, splits)
+        received = self._exchange(wire)
         if cap.per_peer < cap.per_rank:
             self.dropped.add_((back == dropped(n, cap.per_peer)).sum())
         return _unwire(received, x.shape[1], (back,))
@@ -290,7 +314,7 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
     def combine(self, y, d):
         (back,) = d.state
         n, per_peer = self.comm.size, self.capacity.per_peer
-        partials = self.comm.all_to_all(y, [per_peer] * n, [per_peer] * n)
+        partials = self._exchange(y)
         sent = back < not_sent(n, per_peer)
         rows = partials[torch.where(sent, back, 0)].float()  # [T, n, H]
         return torch.where(sent.unsqueeze(-1), rows, 0.0).sum(1).to(y.dtype)
@@ -315,6 +339,7 @@ def make_manager(
     *,
     max_tokens_per_rank: int | None = None,
     max_tokens_per_peer: int | None = None,
+    one_shot: bool | None = None,
 ) -> All2AllManager:
     """The manager called ``name`` for ``layout``; an unknown name raises (no fallback).
 
@@ -322,17 +347,27 @@ def make_manager(
     collective at construction: every rank of the group must build it, with the same values).
     ``max_tokens_per_peer`` (all_to_all only) reserves fewer rows per peer than the default
     ``max_tokens_per_rank``: less memory and traffic, rows past it are dropped (and counted).
+    ``one_shot`` (all_to_all in capacity mode): exchange the buffers in one launch over
+    symmetric memory (one_shot.py) instead of NCCL; ``None`` does where every rank can (one
+    host's CUDA GPUs with peer access), ``True`` raises where they cannot. The choice is the
+    manager's ``one_shot`` attribute.
     """
     if name not in MANAGERS:
         raise ValueError(
             f"compile_ops.moe: unknown manager {name!r}; choose one of {sorted(MANAGERS)}"
         )
     if max_tokens_per_rank is None:
-        if max_tokens_per_peer is not None:
-            raise ValueError(
-                "compile_ops.moe: max_tokens_per_peer is a capacity-mode bound; give "
-                "max_tokens_per_rank too"
-            )
+        for arg, value in (("max_tokens_per_peer", max_tokens_per_peer), ("one_shot", one_shot)):
+            if value is not None:
+                raise ValueError(
+                    f"compile_ops.moe: {arg} belongs to capacity mode; give max_tokens_per_rank too"
+                )
         return MANAGERS[name](layout, experts, device)
     capacity = Capacity.of(name, max_tokens_per_rank, max_tokens_per_peer)
+    if name == "all_to_all":
+        return CapacityAllToAllManager(layout, experts, device, capacity, one_shot)
+    if one_shot is not None:
+        raise ValueError(
+            f"compile_ops.moe: one_shot applies to the all_to_all manager only, not {name!r}"
+        )
     return CAPACITY_MANAGERS[name](layout, experts, device, capacity)

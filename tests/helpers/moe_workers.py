@@ -395,6 +395,16 @@ def capacity_argument_errors():
         "block_vs_manager": raises(
             ShardedMoEBlock, CONFIG, weights, ep, agrs8, max_tokens_per_rank=4
         ),
+        "one_shot_alone": raises(make_manager, "all_to_all", ep, 8, "cpu", one_shot=True),
+        "one_shot_for_agrs": raises(
+            make_manager, "agrs", ep, 8, "cpu", max_tokens_per_rank=8, one_shot=False
+        ),
+        "one_shot_on_gloo": raises(
+            make_manager, "all_to_all", ep, 8, "cpu", max_tokens_per_rank=8, one_shot=True
+        ),
+        "one_shot_default_off_gloo": not make_manager(
+            "all_to_all", ep, 8, "cpu", max_tokens_per_rank=8
+        ).one_shot,
         "default_is_dynamic": ShardedMoEBlock(CONFIG, weights, ep).manager.capacity is None,
         "given_manager_kept": ShardedMoEBlock(CONFIG, weights, ep, agrs8).manager is agrs8,
     }
