@@ -102,6 +102,7 @@ def one_shot_resources(arch: int, ranks: int = 2) -> dict:
     """ptxas's report for the one-shot exchange, 4-byte words, and the PTX's system-scope flag
     atomics (a release to set a peer's flag, an acquire to take one's own)."""
     sig = {"x_ptr": "*i32", "out_ptr": "*i32", "buffer_ptrs": "*i64", "signal_ptrs": "*i64"}
+    sig["calls_ptr"] = "*i32"
     sig |= {"rank": "i32", "per_peer": "i32"}
     meta = {"N_RANKS": ranks, "RANKS_POW2": triton.next_power_of_2(ranks), "BLOCK": tos.BLOCK}
     sig |= dict.fromkeys(meta, "constexpr")

@@ -6,7 +6,7 @@ It runs only on one host's CUDA GPUs; on a CPU the tests check what it refuses a
 import pytest
 import torch
 from conftest import gpu_worlds
-from helpers.one_shot_workers import exchanges, manager_choice
+from helpers.one_shot_workers import back_to_back, exchanges, manager_choice
 
 import compile_ops  # noqa: F401  (defines the ops)
 from compile_ops.moe.one_shot import one_shot_all_to_all
@@ -25,6 +25,18 @@ def test_fake_keeps_the_shape_and_dtype():
     assert out.shape == (6, 5) and out.dtype == torch.bfloat16
 
 
+def test_kernel_compiles_for_hopper_with_system_scope_flags():
+    """No GPU needed: the kernel lowers for sm_90, and its flags are set with a release and taken
+    with an acquire at system scope (another GPU's writes must be visible once a flag is)."""
+    pytest.importorskip("triton")
+    from helpers.moe_workers import benchmark_script
+
+    for ranks in (2, 8):
+        row = benchmark_script("moe_kernel_resources").one_shot_resources(90, ranks)
+        assert row["spill_stores"] == 0, row
+        assert row["release_sys_cas"] == 1 and row["acquire_sys_cas"] == 1, row
+
+
 def test_op_is_never_dead_code():
     op = torch.ops.compile_ops_moe.one_shot_all_to_all.default
     assert op in torch.fx.node._side_effectful_functions
@@ -41,6 +53,14 @@ def test_exchange_equals_nccl_eager_compiled_and_replayed(world, world_size):
         assert result["first_in_capture"][0] == "RuntimeError"
         assert "while a graph is being captured" in result["first_in_capture"][1]
         assert all(v == "SUCCESS" for v in result["opcheck"].values()), result["opcheck"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world_size", gpu_worlds(2))
+def test_back_to_back_calls_of_drifting_ranks_stay_exact(world, world_size):
+    """200 calls queued at once, each rank sleeping a random while before each: a rank that
+    runs ahead writes the other half of a slower peer's buffer, never the one being read."""
+    assert world(world_size, "nccl").run(back_to_back, 200) == [0] * world_size
 
 
 @pytest.mark.gpu

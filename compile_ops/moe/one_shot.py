@@ -5,7 +5,8 @@ At decode sizes NCCL's all_to_all is latency, not bandwidth: it runs as grouped 
 Here every rank keeps a receive buffer that every rank of the group can write (torch's symmetric
 memory: CUDA IPC, so GPUs of one host with peer access); one Triton launch pushes this rank's
 block for each peer into that peer's buffer, meets every rank at a flag barrier and copies its own
-buffer out (triton_one_shot.py). Serving engines do the same for their decode all_to_all.
+buffer out (triton_one_shot.py; the buffer has two halves, used by alternate calls, so one
+barrier per call suffices). Serving engines do the same for their decode all_to_all.
 
 It is an op of its own (``compile_ops_moe::one_shot_all_to_all``: schema, fake, side effect), not
 a transport of ``compile_ops.all_to_all``: that op cannot tell that every rank's splits are equal,
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # comm.py imports this module
 
 OP = "compile_ops_moe::one_shot_all_to_all"
 # Above this many bytes a call is bandwidth, not latency, and NCCL moves it faster than a few
-# programs' stores; the buffer also costs this much device memory per size used.
+# programs' stores; the buffer also costs twice this much device memory per size used.
 MAX_BYTES = 8 << 20
 
 
@@ -39,18 +40,21 @@ MAX_BYTES = 8 << 20
 class _Workspace:
     """A receive buffer every rank can write, with the addresses the kernel needs."""
 
-    buffer: torch.Tensor  # keeps the allocation alive
+    buffer: torch.Tensor  # two halves of the exchanged size; keeps the allocation alive
     buffer_ptrs: torch.Tensor  # int64 [n]: rank r's buffer
     signal_ptrs: torch.Tensor  # int64 [n]: rank r's signal pad
+    calls: torch.Tensor  # int32 [programs]: calls each program has made (which half is next)
     rank: int
     n_ranks: int
-    signal_pad_bytes: int
 
 
 _workspaces: dict[tuple[str, torch.device, int], _Workspace] = {}
 
 
-def _workspace(group_name: str, device: torch.device, nbytes: int) -> _Workspace:
+def _workspace(group_name: str, device: torch.device, nbytes: int, per_peer: int) -> _Workspace:
+    """The buffer for exchanges of ``nbytes`` (``per_peer`` kernel elements per block)."""
+    from . import triton_one_shot
+
     key = (group_name, device, nbytes)
     if key in _workspaces:
         return _workspaces[key]
@@ -65,24 +69,26 @@ def _workspace(group_name: str, device: torch.device, nbytes: int) -> _Workspace
     from torch.distributed import _symmetric_memory as symm_mem
 
     pg = group_from_name(group_name, "moe.one_shot_all_to_all")
-    buffer = symm_mem.empty(nbytes, dtype=torch.uint8, device=device)
+    size = 2 * nbytes
+    buffer = symm_mem.empty(size, dtype=torch.uint8, device=device)
     handle = symm_mem.rendezvous(buffer, pg.group_name)  # collective: every rank allocates
     # Where this buffer sits in the handle's allocation: the same on every rank (symmetric).
-    base = handle.get_buffer(handle.rank, (nbytes,), torch.uint8).data_ptr()
+    base = handle.get_buffer(handle.rank, (size,), torch.uint8).data_ptr()
     offset = buffer.data_ptr() - base
     ptrs = [
-        handle.get_buffer(r, (nbytes,), torch.uint8, storage_offset=offset).data_ptr()
+        handle.get_buffer(r, (size,), torch.uint8, storage_offset=offset).data_ptr()
         for r in range(handle.world_size)
     ]
     if ptrs[handle.rank] != buffer.data_ptr():
         raise RuntimeError(f"{OP}: symmetric memory gave this rank's buffer a second address")
+    programs = triton_one_shot.programs_for(per_peer, handle.world_size, handle.signal_pad_size)
     ws = _Workspace(
         buffer,
         torch.tensor(ptrs, dtype=torch.int64, device=device),
         torch.tensor(handle.signal_pad_ptrs, dtype=torch.int64, device=device),
+        torch.zeros(programs, dtype=torch.int32, device=device),
         handle.rank,
         handle.world_size,
-        handle.signal_pad_size,
     )
     _workspaces[key] = ws
     return ws
@@ -96,20 +102,19 @@ def one_shot_all_to_all(x: torch.Tensor, group_name: str) -> torch.Tensor:
 
     if x.device.type != "cuda":
         raise ValueError(f"{OP}: x is on {x.device}; this exchange runs on CUDA devices only")
-    src = x.contiguous()
-    ws = _workspace(group_name, x.device, src.nbytes)
-    if src.shape[0] % ws.n_ranks:
+    n_ranks = group_from_name(group_name, "moe.one_shot_all_to_all").size()
+    if x.shape[0] % n_ranks:
         raise ValueError(
-            f"{OP}: x.shape[0]={src.shape[0]} does not split into {ws.n_ranks} equal blocks"
+            f"{OP}: x.shape[0]={x.shape[0]} does not split into {n_ranks} equal blocks"
         )
+    src = x.contiguous()
     out = torch.empty_like(src)
     flat, flat_out = src.view(-1).view(torch.uint8), out.view(-1).view(torch.uint8)
-    if (src.nbytes // ws.n_ranks) % 4 == 0:  # move 4-byte words where every block allows
+    if (src.nbytes // n_ranks) % 4 == 0:  # move 4-byte words where every block allows
         flat, flat_out = flat.view(torch.int32), flat_out.view(torch.int32)
-    per_peer = flat.numel() // ws.n_ranks
-    programs = triton_one_shot.programs_for(per_peer, ws.n_ranks, ws.signal_pad_bytes)
+    ws = _workspace(group_name, x.device, src.nbytes, flat.numel() // n_ranks)
     triton_one_shot.launch(
-        flat, flat_out, ws.buffer_ptrs, ws.signal_ptrs, ws.rank, ws.n_ranks, programs
+        flat, flat_out, ws.buffer_ptrs, ws.signal_ptrs, ws.calls, ws.rank, ws.n_ranks
     )
     return out
 

@@ -1,9 +1,16 @@
-"""The one-shot all_to_all's Triton kernel (see one_shot.py): push, signal, wait, copy out.
+"""The one-shot all_to_all's Triton kernel (see one_shot.py): push, one barrier, copy out.
 
-Program ``b`` of every rank owns the same element ranges of every ``[rank, peer]`` block: it
-writes them into the peers' receive buffers and, after the barrier, copies them out of its own.
-So the barrier is per program (program ``b`` waits for program ``b`` of every rank), not per
-grid: nothing waits for a program that may not be resident yet.
+Each rank's receive buffer has two halves, used by alternate calls: a call pushes this rank's
+block for each peer into the peers' current half, meets every rank at a flag barrier and copies
+its own current half out. One barrier per call suffices: a rank writes a half again two calls
+later, after the barrier of the call between, which every peer reaches only once it has copied
+that half out.
+
+Program ``b`` of every rank owns the same element ranges of every block: it writes them into the
+peers' buffers and, after the barrier, copies them out of its own. So the barrier is per program
+(program ``b`` waits for program ``b`` of every rank), not per grid: nothing waits for a program
+that may not be resident yet. Each program keeps its own call count (which half) on the device,
+so a replayed graph alternates too.
 
 Flags live in torch's signal pads (one ``int32`` per ``(program, sender)`` on every rank). A
 signal turns the receiver's flag from 0 to 1, retrying while it is still 1 (the receiver has
@@ -18,7 +25,7 @@ import triton.language as tl
 
 BLOCK = 1024  # elements (of 4 bytes, where the row allows) each program moves per step
 NUM_WARPS = 4
-MAX_PROGRAMS = 32
+MAX_PROGRAMS = 64
 
 
 @triton.jit
@@ -52,39 +59,40 @@ def _arrive_and_wait(signal_ptrs, rank, slot, N_RANKS: tl.constexpr, RANKS_POW2:
 
 @triton.jit
 def one_shot_all_to_all_kernel(
-    x_ptr, out_ptr, buffer_ptrs, signal_ptrs, rank, per_peer,
+    x_ptr, out_ptr, buffer_ptrs, signal_ptrs, calls_ptr, rank, per_peer,
     N_RANKS: tl.constexpr, RANKS_POW2: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """``x`` and ``out``: ``[N_RANKS * per_peer]`` elements; block ``p`` of ``x`` goes to rank
-    ``p``, block ``q`` of ``out`` comes from rank ``q``."""
+    ``p``, block ``q`` of ``out`` comes from rank ``q``. ``calls``: int32, one per program."""
     b = tl.program_id(0)
     step = tl.num_programs(0) * BLOCK
     offs = tl.arange(0, BLOCK)
-    # Entry: program b of every rank has copied out the last exchange's rows it owns, so its
-    # buffer's ranges of program b may be overwritten.
-    _arrive_and_wait(signal_ptrs, rank, b, N_RANKS, RANKS_POW2)
+    calls = tl.load(calls_ptr + b)
+    half = (calls & 1).to(tl.int64) * N_RANKS * per_peer  # & wraps evenly past 2**31
     for p in tl.static_range(N_RANKS):
-        theirs = tl.load(buffer_ptrs + p).to(tl.pointer_type(x_ptr.dtype.element_ty))
+        theirs = tl.load(buffer_ptrs + p).to(tl.pointer_type(x_ptr.dtype.element_ty)) + half
         for start in range(b * BLOCK, per_peer, step):
             i = start + offs
             m = i < per_peer
             rows = tl.load(x_ptr + p * per_peer + i, mask=m)
             tl.store(theirs + rank * per_peer + i, rows, mask=m)
-    # Exit: every rank has pushed its ranges of program b into this rank's buffer.
+    # Every rank has pushed its ranges of program b into this rank's current half.
     _arrive_and_wait(signal_ptrs, rank, b, N_RANKS, RANKS_POW2)
-    mine = tl.load(buffer_ptrs + rank).to(tl.pointer_type(x_ptr.dtype.element_ty))
+    mine = tl.load(buffer_ptrs + rank).to(tl.pointer_type(x_ptr.dtype.element_ty)) + half
     for q in tl.static_range(N_RANKS):
         for start in range(b * BLOCK, per_peer, step):
             i = start + offs
             m = i < per_peer
             tl.store(out_ptr + q * per_peer + i, tl.load(mine + q * per_peer + i, mask=m), mask=m)
+    tl.store(calls_ptr + b, calls + 1)
 
 
-def launch(x, out, buffer_ptrs, signal_ptrs, rank: int, n_ranks: int, programs: int) -> None:
-    """Exchange ``x`` into ``out`` (flat, same dtype, ``n_ranks`` equal blocks)."""
+def launch(x, out, buffer_ptrs, signal_ptrs, calls, rank: int, n_ranks: int) -> None:
+    """Exchange ``x`` into ``out`` (flat, same dtype, ``n_ranks`` equal blocks); one program per
+    entry of ``calls``."""
     per_peer = x.numel() // n_ranks
-    one_shot_all_to_all_kernel[(programs,)](
-        x, out, buffer_ptrs, signal_ptrs, rank, per_peer,
+    one_shot_all_to_all_kernel[(calls.numel(),)](
+        x, out, buffer_ptrs, signal_ptrs, calls, rank, per_peer,
         N_RANKS=n_ranks, RANKS_POW2=triton.next_power_of_2(n_ranks), BLOCK=BLOCK,
         num_warps=NUM_WARPS,
     )  # fmt: skip

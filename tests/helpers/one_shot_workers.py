@@ -79,6 +79,31 @@ def exchanges(rounds: int) -> dict:
     return {"mismatches": mismatches, "first_in_capture": first_in_capture, "opcheck": checks}
 
 
+def back_to_back(calls: int, single_buffer: bool = False) -> int:
+    """Calls queued without a host wait, each rank sleeping a different random while before
+    each, so the ranks drift apart: returns how many results differ from NCCL's.
+
+    ``single_buffer`` is the variant without the two halves (its call count reset before every
+    call): a rank then may write into the half a slower peer is still copying out.
+    """
+    from compile_ops.moe import one_shot
+
+    name = dist.group.WORLD.group_name
+    rows, cols, dtype = CASES[2]
+    inputs = [_input(rows, cols, dtype, seed=5000 + c) for c in range(calls)]
+    one_shot_all_to_all(inputs[0], name)  # creates the buffer
+    (ws,) = [w for (g, _, n), w in one_shot._workspaces.items() if n == inputs[0].nbytes]
+    g = torch.Generator().manual_seed(dist.get_rank())
+    outs = []
+    torch.cuda.synchronize()
+    for x in inputs:
+        torch.cuda._sleep(int(torch.randint(0, 20000, (), generator=g)))
+        if single_buffer:
+            ws.calls.zero_()
+        outs.append(one_shot_all_to_all(x, name))
+    return sum(not torch.equal(out, _nccl(x)) for out, x in zip(outs, inputs, strict=True))
+
+
 def manager_choice() -> dict:
     """What the capacity all_to_all manager picks on this world, and what it refuses."""
     device = _device()
