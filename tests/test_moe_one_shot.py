@@ -6,7 +6,7 @@ It runs only on one host's CUDA GPUs; on a CPU the tests check what it refuses a
 import pytest
 import torch
 from conftest import gpu_worlds
-from helpers.one_shot_workers import back_to_back, exchanges, manager_choice
+from helpers.one_shot_workers import back_to_back, exchanges, manager_choice, mismatched_sizes
 
 import compile_ops  # noqa: F401  (defines the ops)
 from compile_ops.moe.one_shot import one_shot_all_to_all
@@ -58,9 +58,19 @@ def test_exchange_equals_nccl_eager_compiled_and_replayed(world, world_size):
 @pytest.mark.gpu
 @pytest.mark.parametrize("world_size", gpu_worlds(2))
 def test_back_to_back_calls_of_drifting_ranks_stay_exact(world, world_size):
-    """200 calls queued at once, each rank sleeping a random while before each: a rank that
-    runs ahead writes the other half of a slower peer's buffer, never the one being read."""
-    assert world(world_size, "nccl").run(back_to_back, 200) == [0] * world_size
+    """100 calls queued at once, the ranks drifting apart (random sleeps, a competing matrix
+    product): a rank that runs ahead writes the other half of a slower peer's buffer, never the
+    one being read."""
+    assert world(world_size, "nccl").run(back_to_back, 100) == [0] * world_size
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world_size", gpu_worlds(2))
+def test_ranks_passing_different_sizes_all_raise(world, world_size):
+    """A peer's smaller buffer would be written past its end: refused on every rank instead."""
+    for error in world(world_size, "nccl").run(mismatched_sizes):
+        assert error[0] == "ValueError", error
+        assert "passed different sizes, bytes by rank: [128, 192]" in error[1], error
 
 
 @pytest.mark.gpu

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 
 from compile_ops.graph_capture import is_capturing
 from compile_ops.groups import group_from_name
@@ -69,6 +70,15 @@ def _workspace(group_name: str, device: torch.device, nbytes: int, per_peer: int
     from torch.distributed import _symmetric_memory as symm_mem
 
     pg = group_from_name(group_name, "moe.one_shot_all_to_all")
+    # Every rank must exchange the same size: a peer with a smaller buffer would be written past
+    # its end. Checked once per size, when the buffer is made (a collective anyway).
+    sizes = torch.empty(pg.size(), dtype=torch.int64, device=device)
+    dist.all_gather_into_tensor(sizes, torch.tensor([nbytes], device=device), group=pg)
+    if sizes.tolist() != [nbytes] * pg.size():
+        raise ValueError(
+            f"{OP}: the ranks of group {group_name!r} passed different sizes, bytes by rank: "
+            f"{sizes.tolist()}; every rank must pass the same shape and dtype"
+        )
     size = 2 * nbytes
     buffer = symm_mem.empty(size, dtype=torch.uint8, device=device)
     handle = symm_mem.rendezvous(buffer, pg.group_name)  # collective: every rank allocates

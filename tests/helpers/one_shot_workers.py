@@ -80,8 +80,10 @@ def exchanges(rounds: int) -> dict:
 
 
 def back_to_back(calls: int, single_buffer: bool = False) -> int:
-    """Calls queued without a host wait, each rank sleeping a different random while before
-    each, so the ranks drift apart: returns how many results differ from NCCL's.
+    """Calls queued without a host wait, the ranks drifting apart: before each, every rank
+    sleeps a random while and, half the time, starts a matrix product on a side stream that
+    competes with the exchange for the SMs (its copy-out slows down). Returns how many results
+    differ from NCCL's.
 
     ``single_buffer`` is the variant without the two halves (its call count reset before every
     call): a rank then may write into the half a slower peer is still copying out.
@@ -89,19 +91,30 @@ def back_to_back(calls: int, single_buffer: bool = False) -> int:
     from compile_ops.moe import one_shot
 
     name = dist.group.WORLD.group_name
-    rows, cols, dtype = CASES[2]
-    inputs = [_input(rows, cols, dtype, seed=5000 + c) for c in range(calls)]
+    rows, cols = 2048, 2048  # 8 MiB per peer: the copy-out takes many steps per program
+    inputs = [_input(rows, cols, torch.bfloat16, seed=5000 + c) for c in range(calls)]
     one_shot_all_to_all(inputs[0], name)  # creates the buffer
-    (ws,) = [w for (g, _, n), w in one_shot._workspaces.items() if n == inputs[0].nbytes]
+    (ws,) = [w for (_, _, n), w in one_shot._workspaces.items() if n == inputs[0].nbytes]
     g = torch.Generator().manual_seed(dist.get_rank())
+    side, a = torch.cuda.Stream(), torch.randn(4096, 4096, device=_device(), dtype=torch.bfloat16)
     outs = []
     torch.cuda.synchronize()
     for x in inputs:
         torch.cuda._sleep(int(torch.randint(0, 20000, (), generator=g)))
+        if torch.rand((), generator=g) < 0.5:
+            with torch.cuda.stream(side):
+                a @ a
         if single_buffer:
             ws.calls.zero_()
         outs.append(one_shot_all_to_all(x, name))
+    torch.cuda.synchronize()
     return sum(not torch.equal(out, _nccl(x)) for out, x in zip(outs, inputs, strict=True))
+
+
+def mismatched_sizes():
+    """Each rank passes a shape of its own (both new): every rank raises, naming the sizes."""
+    x = _input(2 + dist.get_rank(), 8, torch.float32, seed=6000)
+    return raises(one_shot_all_to_all, x, dist.group.WORLD.group_name)
 
 
 def manager_choice() -> dict:
