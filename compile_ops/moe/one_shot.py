@@ -119,6 +119,8 @@ def one_shot_all_to_all(x: torch.Tensor, group_name: str) -> torch.Tensor:
         )
     src = x.contiguous()
     out = torch.empty_like(src)
+    if src.numel() == 0:  # nothing to move on any rank (every rank passes this shape)
+        return out
     flat, flat_out = src.view(-1).view(torch.uint8), out.view(-1).view(torch.uint8)
     if (src.nbytes // n_ranks) % 4 == 0:  # move 4-byte words where every block allows
         flat, flat_out = flat.view(torch.int32), flat_out.view(torch.int32)
