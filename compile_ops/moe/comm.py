@@ -10,8 +10,6 @@ import torch.distributed as dist
 import compile_ops
 from compile_ops.groups import GroupError, GroupLike
 
-from .one_shot import one_shot_all_to_all
-
 
 class GroupComm:
     """``compile_ops`` collectives that always name the same group.
@@ -79,13 +77,6 @@ class GroupComm:
         if self.size == 1:
             return x
         return compile_ops.all_to_all(x, output_splits, input_splits, group=self.group)
-
-    def one_shot_all_to_all(self, x: torch.Tensor) -> torch.Tensor:
-        """all_to_all of equal blocks in one launch over symmetric memory (one_shot.py); every
-        rank passes the same shape."""
-        if self.size == 1:
-            return x
-        return one_shot_all_to_all(x, self.group)
 
     def exchange_counts(self, counts: torch.Tensor) -> torch.Tensor:
         """Entry r of the result is what rank r sent to this rank (one entry per rank)."""

@@ -32,6 +32,7 @@ from .capacity import Capacity
 from .comm import GroupComm
 from .layout import Layout
 from .one_shot import MAX_BYTES as ONE_SHOT_MAX_BYTES
+from .one_shot import one_shot_all_to_all
 from .one_shot import usable as one_shot_usable
 from .peer_pack import dropped, not_sent, peer_pack
 from .wire import from_wire, pack_routing, padding_rows, to_wire
@@ -296,7 +297,7 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
     def _exchange(self, x: torch.Tensor) -> torch.Tensor:
         """Equal blocks of ``per_peer`` rows, one per rank, both ways."""
         if self.one_shot and x.nbytes <= ONE_SHOT_MAX_BYTES:  # x's size is the same on every rank
-            return self.comm.one_shot_all_to_all(x)
+            return one_shot_all_to_all(x, self.comm.group)  # the group bound to this manager
         splits = [self.capacity.per_peer] * self.comm.size
         return self.comm.all_to_all(x, splits, splits)
 

@@ -20,16 +20,13 @@ from __future__ import annotations
 import socket
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 
 from compile_ops.graph_capture import is_capturing
 from compile_ops.groups import group_from_name
 
-if TYPE_CHECKING:  # comm.py imports this module
-    from .comm import GroupComm
+from .comm import GroupComm
 
 OP = "compile_ops_moe::one_shot_all_to_all"
 # Above this many bytes a call is bandwidth, not latency, and NCCL moves it faster than a few
@@ -72,12 +69,12 @@ def _workspace(group_name: str, device: torch.device, nbytes: int, per_peer: int
     pg = group_from_name(group_name, "moe.one_shot_all_to_all")
     # Every rank must exchange the same size: a peer with a smaller buffer would be written past
     # its end. Checked once per size, when the buffer is made (a collective anyway).
-    sizes = torch.empty(pg.size(), dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(sizes, torch.tensor([nbytes], device=device), group=pg)
-    if sizes.tolist() != [nbytes] * pg.size():
+    comm = GroupComm(group_name, "moe.one_shot_all_to_all")
+    sizes = comm.all_gather(torch.tensor([nbytes], device=device)).tolist()
+    if sizes != [nbytes] * comm.size:
         raise ValueError(
             f"{OP}: the ranks of group {group_name!r} passed different sizes, bytes by rank: "
-            f"{sizes.tolist()}; every rank must pass the same shape and dtype"
+            f"{sizes}; every rank must pass the same shape and dtype"
         )
     size = 2 * nbytes
     buffer = symm_mem.empty(size, dtype=torch.uint8, device=device)
