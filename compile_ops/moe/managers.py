@@ -282,9 +282,7 @@ class CapacityAllToAllManager(_CapacityMode, All2AllManager):
         self.register_buffer("owners", layout.owners(experts).to(device), persistent=False)
         zero = torch.zeros((), dtype=torch.int64, device=device)
         self.register_buffer("dropped", zero, persistent=False)
-        usable = (
-            one_shot_usable(self.comm, torch.device(device)) if one_shot is not False else False
-        )
+        usable = one_shot is not False and one_shot_usable(self.comm, torch.device(device))
         if one_shot and not usable:
             raise ValueError(
                 f"compile_ops.moe: one_shot=True, but group {self.comm.group!r} "
