@@ -1,6 +1,6 @@
 """Registers, spills and shared memory of the MoE Triton kernels, compiled for a GPU target on any
-machine: the grouped GEMM (compile_ops/moe/triton_grouped_gemm.py) for every tile it launches,
-the capacity all_to_all send-buffer kernel (triton_peer_pack.py) at a decode shape, and its
+machine: the grouped GEMM (compile_ops/moe/triton_grouped_gemm.py) for every tile it launches
+(with the persistent TMA tile of triton_tma_gemm.py on sm_90 and newer), the capacity all_to_all send-buffer kernel (triton_peer_pack.py) at a decode shape, and its
 one-shot exchange (triton_one_shot.py).
 Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU needed).
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compile_ops.moe import triton_grouped_gemm as tg
 from compile_ops.moe import triton_one_shot as tos
 from compile_ops.moe import triton_peer_pack as tpp
+from compile_ops.moe import triton_tma_gemm as ttg
 
 POINTERS = ("a_ptr", "w_ptr", "ends_ptr", "rows_ptr", "dest_ptr", "scale_ptr", "out_ptr")
 SCALARS = ("num_m", "N", "K", "stride_a", "stride_we", "stride_wn", "stride_out")
@@ -80,6 +81,39 @@ def resources(kernel: str, dtype: str, cfg: tg.TileConfig, shape: dict, arch: in
         "dtype": dtype.lstrip("*"),
         "tile": "x".join(map(str, cfg[:3])) + f" w{cfg.num_warps} s{cfg.num_stages}",
         **report,
+    }
+
+
+def persistent_resources(kernel: str, shape: dict, arch: int) -> dict:
+    """ptxas's report for the persistent TMA tile of ``kernel`` in bfloat16, and its copies:
+    TMA tile loads (``cp.async.bulk.tensor``) and tensor-core products (``wgmma``) in the PTX."""
+    cfg, flatten = tg.PERSISTENT_CONFIGS[kernel]
+    n, k = (shape["intermediate"], shape["hidden"])[:: 1 if kernel == "gate_up" else -1]
+    experts = shape["experts"]
+    meta = {"N_EXPERTS": experts, "EXPERTS_POW2": triton.next_power_of_2(experts)}
+    meta |= {"LARGE_FROM": tg.LARGE_FROM_ROWS_PER_EXPERT, "BLOCK_M": cfg.block_m}
+    meta |= {"BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}
+    meta |= {"PROGRAMS": 132, "FLATTEN": flatten, "GATE_UP": kernel == "gate_up"}
+    sig = {"a_desc": f"tensordesc<bf16[{cfg.block_m}, {cfg.block_k}]>"}
+    sig["w_desc"] = f"tensordesc<bf16[{cfg.block_n}, {cfg.block_k}]>"
+    sig |= {"ends_ptr": "*i32", "dest_ptr": "*i64", "scale_ptr": "*fp32", "out_ptr": "*bf16"}
+    sig |= dict.fromkeys(("N", "K", "stride_out", "W_ROWS"), "i32")
+    sig |= dict.fromkeys(meta, "constexpr")
+    w_rows = 2 * n if kernel == "gate_up" else n
+    ints = {"N": n, "K": k, "stride_out": n, "W_ROWS": w_rows}
+    fn = ttg.persistent_grouped_gemm_kernel
+    source = ASTSource(fn, sig, constexprs=meta, attrs=_specialized(fn, sig, ints))
+    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    compiled = triton.compile(source, target=_target(arch), options=options)
+    ptx = compiled.asm["ptx"]
+    tile = "x".join(map(str, cfg[:3])) + f" w{cfg.num_warps} s{cfg.num_stages} persistent"
+    return {
+        "kernel": kernel,
+        "dtype": "bf16",
+        "tile": tile,
+        **_ptxas_report(compiled, arch),
+        "tma_loads": ptx.count("cp.async.bulk.tensor"),
+        "wgmma": ptx.count("wgmma.mma_async"),
     }
 
 
@@ -156,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(",")
         for kernel in ("gate_up", "down")
         for cfg in tg.CONFIGS[(kernel, 4 if dtype == "fp32" else 2)]
-    ] + [lambda: peer_pack_resources(args.arch), lambda: one_shot_resources(args.arch)]
+    ]
+    if "bf16" in args.dtypes.split(",") and args.arch >= 90:
+        every += [
+            (lambda k=kernel: persistent_resources(k, shape, args.arch))
+            for kernel in ("gate_up", "down")
+        ]
+    every += [lambda: peer_pack_resources(args.arch), lambda: one_shot_resources(args.arch)]
     for measure in every:
         rows.append(measure())
         if not args.json:
@@ -164,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['kernel']:9} {r['dtype']:5} {r['tile']:22} {r['registers']:4d} regs  "
                 f"spill {r['spill_stores']:5d} B stored, {r['spill_loads']:5d} B loaded  "
-                f"shared {r['shared_bytes']:6d} B  async copies {r['pipelined_loads']}",
+                f"shared {r['shared_bytes']:6d} B  async copies {r['pipelined_loads']}"
+                + (f"  TMA loads {r['tma_loads']}  wgmma {r['wgmma']}" if "wgmma" in r else ""),
                 flush=True,
             )
     if args.json:

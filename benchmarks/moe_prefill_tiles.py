@@ -1,12 +1,15 @@
-"""The Triton grouped GEMM ops alone at a prefill shape, for candidate 128-row tiles (stages,
-k-block, width): where the committed tiles stand against their neighbours, on one GPU.
+"""The Triton grouped GEMM ops alone at the prefill shapes: the persistent TMA tile's candidates
+(the committed one marked) against the 128-row pointer tile and ``torch._grouped_mm``, on one GPU.
 
-    python3 benchmarks/moe_prefill_tiles.py            # Mixtral-8x7B, 4096 tokens, bf16
-    python3 benchmarks/moe_prefill_tiles.py --json     # the rows as JSON
+    python3 benchmarks/moe_prefill_tiles.py                  # three shapes, 4096 tokens, bf16
+    python3 benchmarks/moe_prefill_tiles.py --shapes Mixtral-8x7B --json
 
-Each op launches both of its tiles, as in a block (the 64-row one returns at once at this row
-count), so a row's time includes that idle launch. Rows are gathered at random, 1024 per expert;
-``triton.testing.do_bench`` medians with the L2 flushed.
+Each op launches all of its tiles, as in a block (those not meant for the row count return at
+once), so a row's time includes those idle launches and, for gate_up on the persistent tile,
+the gather of ``x[rows]`` it needs. ``_grouped_mm`` gets its rows gathered beforehand and
+computes the bare products (no SiLU, no weight, no scatter): a floor for what its path costs.
+Tokens are routed to ``top_k`` uniformly random experts; ``triton.testing.do_bench`` medians with
+the L2 flushed.
 """
 
 from __future__ import annotations
@@ -22,54 +25,96 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compile_ops.moe import triton_grouped_gemm as tg
+from compile_ops.moe.experts import group_pairs
 
+SHAPES = {  # experts, hidden, intermediate, top-k
+    "Mixtral-8x7B": (8, 4096, 14336, 2),
+    "Qwen1.5-MoE-A2.7B": (60, 2048, 1408, 4),
+    "DeepSeek-V2-Lite": (64, 2048, 1408, 6),
+}
+# (block_m, block_n, block_k, group_m, warps, stages), flatten
 CANDIDATES = {
-    "gate_up": [(128, 128, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (128, 128, 32, 8, 8, 5),
-                (128, 64, 64, 8, 4, 4)],
-    "down": [(128, 256, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4), (128, 128, 64, 8, 8, 4),
-             (128, 256, 32, 8, 8, 5)],
+    "gate_up": [((128, 128, 64, 8, 8, 4), False), ((128, 128, 64, 16, 8, 4), False),
+                ((128, 128, 32, 8, 8, 6), False), ((128, 128, 64, 8, 8, 3), False)],
+    "down": [((128, 256, 64, 8, 8, 4), True), ((128, 256, 64, 8, 8, 4), False),
+             ((128, 256, 64, 16, 8, 4), True), ((128, 256, 32, 8, 8, 6), True)],
 }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args(argv)
-    experts, hidden, inter, tokens, k = 8, 4096, 14336, 4096, 2
-    pairs = tokens * k
+def _case(experts: int, hidden: int, inter: int, k: int, tokens: int):
     g = torch.Generator("cuda").manual_seed(0)
     x = torch.randn(tokens, hidden, device="cuda", generator=g).bfloat16()
     gate_up = (torch.randn(experts, 2 * inter, hidden, device="cuda", generator=g) / 64).bfloat16()
     down = (torch.randn(experts, hidden, inter, device="cuda", generator=g) / 120).bfloat16()
-    act = torch.randn(pairs, inter, device="cuda", generator=g).bfloat16()
-    rows = torch.randint(0, tokens, (pairs,), device="cuda", generator=g)
-    ends = torch.arange(1, experts + 1, device="cuda", dtype=torch.int32) * (pairs // experts)
-    dest = torch.randperm(pairs, device="cuda", generator=g)
-    scale = torch.rand(pairs, device="cuda", generator=g)
-    calls = {
-        "gate_up": (lambda: tg.gate_up_silu(x, rows, gate_up, ends), 2 * pairs * 2 * inter * hidden),
-        "down": (lambda: tg.down_scatter(act, down, ends, dest, scale), 2 * pairs * hidden * inter),
-    }  # fmt: skip
-    committed = dict(tg.CONFIGS)
+    ids = torch.rand(tokens, experts, device="cuda", generator=g).topk(k, -1).indices
+    grouping = group_pairs(ids, torch.zeros((), dtype=torch.long, device="cuda"), experts)
+    act = torch.randn(tokens * k, inter, device="cuda", generator=g).bfloat16()
+    scale = torch.rand(tokens * k, device="cuda", generator=g)
+    return x, gate_up, down, grouping.order // k, grouping.ends, grouping.order, act, scale
+
+
+def _time(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def shape_rows(name: str, tokens: int) -> list[dict]:
+    experts, hidden, inter, k = SHAPES[name]
+    x, gate_up, down, rows, ends, dest, act, scale = _case(experts, hidden, inter, k, tokens)
+    pairs = tokens * k
+    ops = {
+        "gate_up": lambda: tg.gate_up_silu(x, rows, gate_up, ends),
+        "down": lambda: tg.down_scatter(act, down, ends, dest, scale),
+    }
+    gathered = x[rows]
+    floors = {
+        "gate_up": lambda: torch._grouped_mm(gathered, gate_up.transpose(-2, -1), offs=ends),
+        "down": lambda: torch._grouped_mm(act, down.transpose(-2, -1), offs=ends),
+    }
+    flops = {"gate_up": 2 * pairs * 2 * inter * hidden, "down": 2 * pairs * hidden * inter}
+    committed, persistent_for = dict(tg.PERSISTENT_CONFIGS), tg.persistent_for
     out = []
+
+    def row(kernel: str, tile: str, fn, **extra) -> None:
+        ms = _time(fn)
+        out.append({"shape": name, "tokens": tokens, "kernel": kernel, "tile": tile, "ms": ms,
+                    "tflops": flops[kernel] / ms / 1e9, **extra})  # fmt: skip
+
     for kernel, candidates in CANDIDATES.items():
-        fn, flops = calls[kernel]
-        for cfg in map(tg.TileConfig._make, candidates):
-            tg.CONFIGS[(kernel, 2)] = (committed[(kernel, 2)][0], cfg)
-            ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-            row = {"kernel": kernel, "tile": cfg._asdict(), "ms": ms, "tflops": flops / ms / 1e9}
-            row["committed"] = cfg == committed[(kernel, 2)][1]
-            out.append(row)
-            if not args.json:
-                mark = "  (committed)" if row["committed"] else ""
-                print(f"{kernel:8} {tuple(cfg)}  {ms:.3f} ms  {row['tflops']:.0f} TFLOP/s{mark}")
-        tg.CONFIGS[(kernel, 2)] = committed[(kernel, 2)]
-    if args.json:
-        print(
-            json.dumps(
-                {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "rows": out}
+        row(kernel, "_grouped_mm (bare products)", floors[kernel])
+        tg.persistent_for = lambda _x: None
+        row(kernel, "pointer 128-row", ops[kernel])
+        tg.persistent_for = persistent_for
+        for cfg, flatten in candidates:
+            tg.PERSISTENT_CONFIGS[kernel] = (tg.TileConfig(*cfg), flatten)
+            tile = "persistent " + "x".join(map(str, cfg[:3])) + f" g{cfg[3]} s{cfg[5]}"
+            tile += " flat" * flatten
+            row(
+                kernel,
+                tile,
+                ops[kernel],
+                committed=(tg.TileConfig(*cfg), flatten) == committed[kernel],
             )
-        )
+        tg.PERSISTENT_CONFIGS[kernel] = committed[kernel]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.shapes.split(","):
+        for r in shape_rows(name, args.tokens):
+            rows.append(r)
+            if not args.json:
+                mark = "  (committed)" if r.get("committed") else ""
+                print(f"{name:18} {r['kernel']:8} {r['tile']:34} {r['ms']:.3f} ms  "
+                      f"{r['tflops']:4.0f} TFLOP/s{mark}", flush=True)  # fmt: skip
+    if args.json:
+        info = {"torch": torch.__version__, "triton": triton.__version__}
+        print(json.dumps(info | {"gpu": torch.cuda.get_device_name(), "rows": rows}))
     return 0
 
 

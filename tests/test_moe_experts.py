@@ -262,3 +262,18 @@ def test_triton_kernel_compiles_for_hopper_in_both_roles():
             row = tool.resources(kernel, "*bf16", cfg, shape, 90)
             assert row["kernel"] == kernel and 0 < row["registers"] <= 255, row
             assert row["pipelined_loads"] > 0 and row["spill_stores"] == 0, row
+
+
+def test_persistent_tma_tile_compiles_for_hopper_in_both_roles():
+    """The persistent many-rows tile (triton_tma_gemm.py) lowered for sm_90 on a CPU: its tiles
+    arrive by TMA copies (``cp.async.bulk.tensor``), the products run on ``wgmma``, and nothing
+    spills. A change that falls back to pointer loads or to the older tensor-core path fails."""
+    pytest.importorskip("triton")
+    from helpers.moe_workers import benchmark_script
+
+    tool = benchmark_script("moe_kernel_resources")
+    shape = {"hidden": 2048, "intermediate": 1408, "experts": 64}
+    for kernel in ("gate_up", "down"):
+        row = tool.persistent_resources(kernel, shape, 90)
+        assert 0 < row["registers"] <= 255 and row["spill_stores"] == 0, row
+        assert row["tma_loads"] > 0 and row["wgmma"] > 0 and row["pipelined_loads"] == 0, row

@@ -51,11 +51,20 @@ def group_pairs(ids: torch.Tensor, first_expert: torch.Tensor, n_local: int) -> 
     belong to no group."""
     local = ids.reshape(-1) - first_expert
     valid = (local >= 0) & (local < n_local)
-    key = torch.where(valid, local, n_local)
+    # The narrowest key type: a radix sort makes one pass per key byte (8 for int64).
+    key = torch.where(valid, local, n_local).to(_key_dtype(n_local))
     sorted_key, order = torch.sort(key, stable=True)
     bounds = torch.arange(n_local, device=ids.device, dtype=sorted_key.dtype)
     ends = torch.searchsorted(sorted_key, bounds, right=True, out_int32=True)
     return Grouping(order, ends, valid)
+
+
+def _key_dtype(n_local: int) -> torch.dtype:
+    """The narrowest integer type that holds the sort keys ``0 .. n_local``."""
+    for dtype in (torch.uint8, torch.int16):
+        if n_local <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int32
 
 
 def local_experts(

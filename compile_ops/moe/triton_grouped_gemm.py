@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import triton_tma_gemm as ttg
+
 
 class TileConfig(NamedTuple):
     block_m: int
@@ -52,6 +54,14 @@ CONFIGS: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # float32 (exact products, no TF32): one tile for every count; not tuned.
     ("gate_up", 4): (TileConfig(64, 64, 32, 8, 4, 3),),
     ("down", 4): (TileConfig(64, 64, 32, 8, 4, 3),),
+}
+# On Hopper and newer, in 16 bits, the many-rows counts go to the persistent TMA kernel
+# (triton_tma_gemm.py) instead of the 128-row pointer tile above: (tile, flatten the tile loop
+# into the k-loop), from a sweep on an H200 at the three prefill shapes (docs/moe.md). Four
+# stages did not fit beside the pointer tile's layouts; with the copy engine's they do.
+PERSISTENT_CONFIGS: dict[str, tuple[TileConfig, bool]] = {
+    "gate_up": (TileConfig(128, 128, 64, 8, 8, 4), False),
+    "down": (TileConfig(128, 256, 64, 8, 8, 4), True),
 }
 
 
@@ -219,8 +229,11 @@ def kernel_constants(kernel: str, cfg: TileConfig, regime: int, n_experts: int, 
     }
 
 
-def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int):
-    """(grid, row tiles, compile-time arguments) of each launch of ``kernel``.
+def _launches(
+    kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k: int, persistent: bool
+):
+    """(grid, row tiles, compile-time arguments) of each launch of ``kernel`` with the pointer
+    tiles; with ``persistent`` the many-rows one is left to the persistent kernel.
 
     Row tiles are the worst case for ``pairs`` rows, and for the few-rows tile at most what
     fewer than ``LARGE_FROM_ROWS_PER_EXPERT * n_experts`` routed rows can need (it returns
@@ -228,6 +241,8 @@ def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k:
     for every row costs a wave of empty programs per SM-full of tiles."""
     configs = tile_configs(kernel, dtype)
     for regime, cfg in enumerate(configs, start=int(len(configs) > 1)):
+        if regime == 2 and persistent:
+            continue
         num_m = triton.cdiv(pairs, cfg.block_m) + n_experts
         if regime == 1:
             most = triton.cdiv(LARGE_FROM_ROWS_PER_EXPERT * n_experts, cfg.block_m) + n_experts
@@ -237,32 +252,68 @@ def _launches(kernel: str, dtype: torch.dtype, pairs, n_experts: int, n: int, k:
         yield (num_m * triton.cdiv(n, cfg.block_n),), num_m, meta
 
 
-def launch_gate_up_silu(kernel, x, rows, gate_up, ends) -> torch.Tensor:
+class Persistent(NamedTuple):
+    """The persistent TMA kernel as a launch takes it: wrapped for tracing or not, and its
+    grid (one program per multiprocessor)."""
+
+    kernel: object
+    programs: int
+
+
+def persistent_for(x: torch.Tensor) -> Persistent | None:
+    """The persistent kernel for ``x``'s device and dtype, traced; None where the pointer tile
+    serves every count (float32, or a GPU without the copy engine)."""
+    if x.dtype == torch.float32 or not ttg.supported(x.device):
+        return None
+    return Persistent(wrap_triton(ttg.persistent_grouped_gemm_kernel), ttg.programs(x.device))
+
+
+def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torch.Tensor:
     """``gate_up_silu``'s body with ``kernel`` launched as given: wrapped for tracing by the op,
-    or ``grouped_gemm_kernel`` itself (Triton's interpreter on a CPU, in the tests)."""
+    or ``grouped_gemm_kernel`` itself (Triton's interpreter on a CPU, in the tests); with
+    ``persistent`` (a ``Persistent``), that kernel takes the many-rows counts, on the rows
+    gathered here (the copy engine reads contiguous rows)."""
     x, gate_up = x.contiguous(), gate_up.contiguous()
     n_experts, two_i, hidden = gate_up.shape
     inter = two_i // 2
     out = x.new_empty((rows.shape[0], inter))
-    for grid, num_m, meta in _launches("gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden):
+    launches = _launches(
+        "gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden, persistent is not None
+    )
+    for grid, num_m, meta in launches:
         kernel[grid](
             x, gate_up, ends, rows, ends, ends, out,  # ends: dest and scale are not read
             num_m, inter, hidden, x.stride(0), gate_up.stride(0), gate_up.stride(1), out.stride(0),
             **meta,
         )  # fmt: skip
+    if persistent is not None:
+        cfg, flatten = PERSISTENT_CONFIGS["gate_up"]
+        ttg.launch(
+            persistent.kernel, x[rows], gate_up, ends, None, None, out, cfg, flatten,
+            persistent.programs, LARGE_FROM_ROWS_PER_EXPERT,
+        )  # fmt: skip
     return out
 
 
-def launch_down_scatter(kernel, act, down, ends, dest, scale) -> torch.Tensor:
+def launch_down_scatter(kernel, act, down, ends, dest, scale, persistent=None) -> torch.Tensor:
     """``down_scatter``'s body with ``kernel`` launched as given (see launch_gate_up_silu)."""
     act, down = act.contiguous(), down.contiguous()
     n_experts, hidden, inter = down.shape
     out = act.new_empty((act.shape[0], hidden))
-    for grid, num_m, meta in _launches("down", act.dtype, act.shape[0], n_experts, hidden, inter):
+    launches = _launches(
+        "down", act.dtype, act.shape[0], n_experts, hidden, inter, persistent is not None
+    )
+    for grid, num_m, meta in launches:
         kernel[grid](
             act, down, ends, ends, dest, scale, out,  # ends: rows are not read
             num_m, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
             **meta,
+        )  # fmt: skip
+    if persistent is not None:
+        cfg, flatten = PERSISTENT_CONFIGS["down"]
+        ttg.launch(
+            persistent.kernel, act, down, ends, dest, scale, out, cfg, flatten,
+            persistent.programs, LARGE_FROM_ROWS_PER_EXPERT,
         )  # fmt: skip
     return out
 
@@ -273,7 +324,8 @@ def gate_up_silu(
 ) -> torch.Tensor:
     """``[P, I]``: ``silu(x[rows] @ gate.T) * (x[rows] @ up.T)`` per expert group (rows past
     ``ends[-1]`` unwritten). ``x`` ``[R, H]``, ``rows`` ``[P]``, ``gate_up`` ``[E, 2I, H]``."""
-    return launch_gate_up_silu(wrap_triton(grouped_gemm_kernel), x, rows, gate_up, ends)
+    kernel = wrap_triton(grouped_gemm_kernel)
+    return launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent_for(x))
 
 
 @triton_op("compile_ops_moe::down_scatter", mutates_args=())
@@ -286,4 +338,5 @@ def down_scatter(
 ) -> torch.Tensor:
     """``[P, H]``: row ``dest[p]`` is ``scale[p] * act[p] @ down[e].T`` for sorted position
     ``p`` of expert ``e`` (rows no position maps to are unwritten). ``down`` ``[E, H, I]``."""
-    return launch_down_scatter(wrap_triton(grouped_gemm_kernel), act, down, ends, dest, scale)
+    kernel = wrap_triton(grouped_gemm_kernel)
+    return launch_down_scatter(kernel, act, down, ends, dest, scale, persistent_for(act))

@@ -1,0 +1,109 @@
+"""The many-rows (prefill) tile of the MoE grouped GEMMs on Hopper and newer GPUs: a persistent
+kernel whose operand tiles are copied by the tensor memory accelerator (TMA).
+
+It computes what ``grouped_gemm_kernel`` (triton_grouped_gemm.py) computes in either role:
+gate_up with SiLU-and-multiply in the epilogue, or down with the routing weight applied and each
+row stored at its pair's place. What differs:
+
+* One program per multiprocessor. Each counts the real row tiles from ``ends`` on the device and
+  walks them, so the grid depends on the machine alone: the same launch serves any routing and a
+  captured graph, and no program is launched only to return.
+* The copy engine moves rectangles, so the rows of A must be contiguous: gate_up reads
+  ``x[rows]`` gathered beforehand by the op (one pass over ``P x H``), down reads ``act``.
+* The weights ``[E, n, K]`` are addressed as one ``[E * n, K]`` matrix. A tile that runs past
+  its expert's last row or column reads the next expert's rows (or the copy engine's zero fill
+  past the end) and masks them at the store; only real rows are written.
+
+The launch is chosen by the ops in triton_grouped_gemm.py (tiles, when it runs); the measured
+gain over the pointer tile is in docs/moe.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+
+def supported(device: torch.device) -> bool:
+    """Whether ``device`` has the copy engine this kernel is written for (compute 9.0+)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def programs(device: torch.device) -> int:
+    """The persistent grid: one program per multiprocessor of ``device``."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@triton.jit
+def persistent_grouped_gemm_kernel(
+    a_desc, w_desc, ends_ptr, dest_ptr, scale_ptr, out_ptr, N, K, stride_out, W_ROWS,
+    N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, LARGE_FROM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PROGRAMS: tl.constexpr, FLATTEN: tl.constexpr, GATE_UP: tl.constexpr,
+):  # fmt: skip
+    """``out[p] = silu(a[p] @ gate.T) * (a[p] @ up.T)`` (GATE_UP, gate rows ``[0, N)`` and up
+    rows ``[N, 2N)`` of each expert's ``W_ROWS``), else ``out[dest[p]] = scale[p] * a[p] @ w.T``,
+    for sorted position ``p`` of expert ``e``. Returns at once below ``LARGE_FROM`` rows per
+    expert on average: the few-rows tile serves those counts."""
+    if tl.load(ends_ptr + N_EXPERTS - 1) < LARGE_FROM * N_EXPERTS:
+        return
+    e = tl.arange(0, EXPERTS_POW2)
+    real = e < N_EXPERTS
+    end = tl.load(ends_ptr + e, mask=real, other=0)
+    start = tl.load(ends_ptr + e - 1, mask=real & (e > 0), other=0)
+    tiles = tl.where(real, (end - start + BLOCK_M - 1) // BLOCK_M, 0)
+    tile_end = tl.cumsum(tiles, 0)
+    num_m = tl.sum(tiles, 0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    for t in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=FLATTEN):
+        # GROUP_M row tiles share each sweep of column tiles (weight tiles stay in L2).
+        first_m = (t // per_group) * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (t % per_group) % size_m
+        expert = tl.sum((tile_end <= pid_m).to(tl.int32), 0)
+        mine = e == expert
+        row0 = tl.sum(tl.where(mine, start + (pid_m - tile_end + tiles) * BLOCK_M, 0), 0)
+        offs_m = row0 + tl.arange(0, BLOCK_M)
+        in_rows = offs_m < tl.sum(tl.where(mine, end, 0), 0)
+        n0 = ((t % per_group) // size_m) * BLOCK_N
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        w_row = expert * W_ROWS + n0
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if GATE_UP:
+            acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                a = a_desc.load([row0, k0])
+                acc = tl.dot(a, w_desc.load([w_row, k0]).T, acc)
+                acc_u = tl.dot(a, w_desc.load([w_row + N, k0]).T, acc_u)
+            acc = acc * tl.sigmoid(acc) * acc_u
+            dest = offs_m.to(tl.int64)
+        else:
+            for k0 in range(0, K, BLOCK_K):
+                acc = tl.dot(a_desc.load([row0, k0]), w_desc.load([w_row, k0]).T, acc)
+            acc = acc * tl.load(scale_ptr + offs_m, mask=in_rows, other=0.0)[:, None]
+            dest = tl.load(dest_ptr + offs_m, mask=in_rows, other=0).to(tl.int64)
+        out_ptrs = out_ptr + dest[:, None] * stride_out + offs_n[None, :]
+        mask = in_rows[:, None] & (offs_n < N)[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def launch(kernel, a, w, ends, dest, scale, out, cfg, flatten: bool, programs: int, large_from):
+    """One launch of ``kernel`` (``persistent_grouped_gemm_kernel``, wrapped for tracing or not)
+    over ``a`` ``[P, K]`` (contiguous rows) and ``w`` ``[E, n, K]``; gate_up when ``dest`` is
+    None (``n`` = 2 x the output's columns), down otherwise. ``cfg``: a ``TileConfig``."""
+    n_experts, w_rows, k = w.shape
+    gate_up = dest is None
+    n = w_rows // 2 if gate_up else w_rows
+    a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
+    w_desc = TensorDescriptor.from_tensor(w.view(n_experts * w_rows, k), [cfg.block_n, cfg.block_k])
+    kernel[(programs,)](
+        a_desc, w_desc, ends, ends if gate_up else dest, ends if gate_up else scale, out,
+        n, k, out.stride(0), w_rows,
+        N_EXPERTS=n_experts, EXPERTS_POW2=triton.next_power_of_2(n_experts),
+        LARGE_FROM=large_from, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m, PROGRAMS=programs, FLATTEN=flatten, GATE_UP=gate_up,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
