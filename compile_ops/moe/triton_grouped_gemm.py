@@ -298,7 +298,7 @@ def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torc
     if persistent is not None:
         _check_not_empty("gate_up_silu", "rows", rows)
         cfg, flatten = PERSISTENT_CONFIGS["gate_up"]
-        gathered = F.pad(x, (0, 0, 0, 1))[rows]  # one pass; row x.shape[0] reads zeros
+        gathered = F.pad(x, (0, 0, 0, 1))[rows]  # one pass; x may have no rows
         ttg.launch(
             persistent.kernel, gathered, gate_up, ends, None, None, out, cfg, flatten,
             persistent.programs, LARGE_FROM_ROWS_PER_EXPERT,
@@ -335,8 +335,8 @@ def gate_up_silu(
     x: torch.Tensor, rows: torch.Tensor, gate_up: torch.Tensor, ends: torch.Tensor
 ) -> torch.Tensor:
     """``[P, I]``: ``silu(x[rows] @ gate.T) * (x[rows] @ up.T)`` per expert group (rows past
-    ``ends[-1]`` unwritten). ``x`` ``[R, H]``, ``rows`` ``[P]`` (past ``ends[-1]`` they may
-    name ``R``: padding), ``gate_up`` ``[E, 2I, H]``. ``P`` >= 1 on GPUs with TMA."""
+    ``ends[-1]`` unwritten). ``x`` ``[R, H]``, ``rows`` ``[P]`` (``R`` may be 0: rows past
+    ``ends[-1]`` are never read), ``gate_up`` ``[E, 2I, H]``. ``P`` >= 1 on GPUs with TMA."""
     kernel = wrap_triton(grouped_gemm_kernel)
     return launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent_for(x))
 
