@@ -95,12 +95,9 @@ def local_experts(
     if impl == "triton":
         from . import triton_grouped_gemm as tg  # needs triton; imported where it is used
 
-        # One position past every group (never computed), so that no [P, ...] tensor is ever
-        # empty: a TMA descriptor needs a row even when nothing is routed.
-        order = F.pad(g.order, (0, 1))
-        act = tg.gate_up_silu(x, order // k, gate_up, g.ends)
-        scale = F.pad(weights.reshape(-1).float()[g.order], (0, 1))
-        pair_out = tg.down_scatter(act, down, g.ends, order, scale)[:-1]  # weighted, pair order
+        act = tg.gate_up_silu(x, g.order // k, gate_up, g.ends)
+        scale = weights.reshape(-1).float()[g.order]
+        pair_out = tg.down_scatter(act, down, g.ends, g.order, scale)  # weighted, pair order
         slots = pair_out.view(rows, k, pair_out.shape[-1])
         slot_out = [slots[:, j].float() for j in range(k)]
     else:

@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
@@ -253,14 +252,6 @@ def _launches(
         yield (num_m * triton.cdiv(n, cfg.block_n),), num_m, meta
 
 
-def _check_not_empty(op: str, name: str, t: torch.Tensor) -> None:
-    torch._check(
-        t.shape[0] > 0,
-        lambda: f"compile_ops_moe.{op}: {name} has no rows; the persistent kernel's TMA "
-        "descriptor needs one (pass a padding row past ends[-1], as local_experts does)",
-    )
-
-
 class Persistent(NamedTuple):
     """The persistent TMA kernel as a launch takes it: wrapped for tracing or not, and its
     grid (one program per multiprocessor)."""
@@ -296,11 +287,9 @@ def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torc
             **meta,
         )  # fmt: skip
     if persistent is not None:
-        _check_not_empty("gate_up_silu", "rows", rows)
         cfg, flatten = PERSISTENT_CONFIGS["gate_up"]
-        gathered = F.pad(x, (0, 0, 0, 1))[rows]  # one pass; x may have no rows
         ttg.launch(
-            persistent.kernel, gathered, gate_up, ends, None, None, out, cfg, flatten,
+            persistent.kernel, x[rows], gate_up, ends, None, None, out, cfg, flatten,
             persistent.programs, LARGE_FROM_ROWS_PER_EXPERT,
         )  # fmt: skip
     return out
@@ -321,7 +310,6 @@ def launch_down_scatter(kernel, act, down, ends, dest, scale, persistent=None) -
             **meta,
         )  # fmt: skip
     if persistent is not None:
-        _check_not_empty("down_scatter", "act", act)
         cfg, flatten = PERSISTENT_CONFIGS["down"]
         ttg.launch(
             persistent.kernel, act, down, ends, dest, scale, out, cfg, flatten,
@@ -335,8 +323,7 @@ def gate_up_silu(
     x: torch.Tensor, rows: torch.Tensor, gate_up: torch.Tensor, ends: torch.Tensor
 ) -> torch.Tensor:
     """``[P, I]``: ``silu(x[rows] @ gate.T) * (x[rows] @ up.T)`` per expert group (rows past
-    ``ends[-1]`` unwritten). ``x`` ``[R, H]``, ``rows`` ``[P]`` (``R`` may be 0: rows past
-    ``ends[-1]`` are never read), ``gate_up`` ``[E, 2I, H]``. ``P`` >= 1 on GPUs with TMA."""
+    ``ends[-1]`` unwritten). ``x`` ``[R, H]``, ``rows`` ``[P]``, ``gate_up`` ``[E, 2I, H]``."""
     kernel = wrap_triton(grouped_gemm_kernel)
     return launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent_for(x))
 
