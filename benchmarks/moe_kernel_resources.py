@@ -94,10 +94,9 @@ def persistent_resources(kernel: str, shape: dict, arch: int) -> dict:
     meta |= {"LARGE_FROM": tg.LARGE_FROM_ROWS_PER_EXPERT, "BLOCK_M": cfg.block_m}
     meta |= {"BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}
     meta |= {"PROGRAMS": 132, "FLATTEN": flatten, "GATE_UP": kernel == "gate_up"}
-    sig = {"a_desc": f"tensordesc<bf16[{cfg.block_m}, {cfg.block_k}]>"}
-    sig["w_desc"] = f"tensordesc<bf16[{cfg.block_n}, {cfg.block_k}]>"
-    sig |= {"ends_ptr": "*i32", "dest_ptr": "*i64", "scale_ptr": "*fp32", "out_ptr": "*bf16"}
-    sig |= dict.fromkeys(("N", "K", "stride_out", "W_ROWS"), "i32")
+    sig = {"a_ptr": "*bf16", "w_ptr": "*bf16", "ends_ptr": "*i32", "dest_ptr": "*i64"}
+    sig |= {"scale_ptr": "*fp32", "out_ptr": "*bf16"}
+    sig |= dict.fromkeys(("M", "N", "K", "stride_out", "W_ROWS"), "i32")
     sig |= dict.fromkeys(meta, "constexpr")
     w_rows = 2 * n if kernel == "gate_up" else n
     ints = {"N": n, "K": k, "stride_out": n, "W_ROWS": w_rows}

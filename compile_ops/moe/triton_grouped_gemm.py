@@ -262,7 +262,8 @@ class Persistent(NamedTuple):
 
 def persistent_for(x: torch.Tensor) -> Persistent | None:
     """The persistent kernel for ``x``'s device and dtype, traced; None where the pointer tile
-    serves every count (float32, or a GPU without the copy engine)."""
+    serves every count (float32, or a GPU without the copy engine). The launches also fall
+    back to the pointer tile for rows the copy engine cannot address (``ttg.tma_ready``)."""
     if x.dtype == torch.float32 or not ttg.supported(x.device):
         return None
     return Persistent(wrap_triton(ttg.persistent_grouped_gemm_kernel), ttg.programs(x.device))
@@ -276,6 +277,7 @@ def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torc
     x, gate_up = x.contiguous(), gate_up.contiguous()
     n_experts, two_i, hidden = gate_up.shape
     inter = two_i // 2
+    persistent = persistent if ttg.tma_ready(x, gate_up) else None
     out = x.new_empty((rows.shape[0], inter))
     launches = _launches(
         "gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden, persistent is not None
@@ -299,6 +301,7 @@ def launch_down_scatter(kernel, act, down, ends, dest, scale, persistent=None) -
     """``down_scatter``'s body with ``kernel`` launched as given (see launch_gate_up_silu)."""
     act, down = act.contiguous(), down.contiguous()
     n_experts, hidden, inter = down.shape
+    persistent = persistent if ttg.tma_ready(act, down) else None
     out = act.new_empty((act.shape[0], hidden))
     launches = _launches(
         "down", act.dtype, act.shape[0], n_experts, hidden, inter, persistent is not None

@@ -20,10 +20,11 @@ gain over the pointer tile is in docs/moe.md.
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 def supported(device: torch.device) -> bool:
@@ -38,7 +39,7 @@ def programs(device: torch.device) -> int:
 
 @triton.jit
 def persistent_grouped_gemm_kernel(
-    a_desc, w_desc, ends_ptr, dest_ptr, scale_ptr, out_ptr, N, K, stride_out, W_ROWS,
+    a_ptr, w_ptr, ends_ptr, dest_ptr, scale_ptr, out_ptr, M, N, K, stride_out, W_ROWS,
     N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, LARGE_FROM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PROGRAMS: tl.constexpr, FLATTEN: tl.constexpr, GATE_UP: tl.constexpr,
@@ -49,6 +50,9 @@ def persistent_grouped_gemm_kernel(
     expert on average: the few-rows tile serves those counts."""
     if tl.load(ends_ptr + N_EXPERTS - 1) < LARGE_FROM * N_EXPERTS:
         return
+    # Made here, past the return: no descriptor is ever made over an empty tensor.
+    a_desc = tl.make_tensor_descriptor(a_ptr, [M, K], [K, 1], [BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w_ptr, [N_EXPERTS * W_ROWS, K], [K, 1], [BLOCK_N, BLOCK_K])
     e = tl.arange(0, EXPERTS_POW2)
     real = e < N_EXPERTS
     end = tl.load(ends_ptr + e, mask=real, other=0)
@@ -92,18 +96,38 @@ def persistent_grouped_gemm_kernel(
 
 def launch(kernel, a, w, ends, dest, scale, out, cfg, flatten: bool, programs: int, large_from):
     """One launch of ``kernel`` (``persistent_grouped_gemm_kernel``, wrapped for tracing or not)
-    over ``a`` ``[P, K]`` (contiguous rows) and ``w`` ``[E, n, K]``; gate_up when ``dest`` is
+    over ``a`` ``[P, K]`` and ``w`` ``[E, n, K]``, both contiguous; gate_up when ``dest`` is
     None (``n`` = 2 x the output's columns), down otherwise. ``cfg``: a ``TileConfig``."""
     n_experts, w_rows, k = w.shape
     gate_up = dest is None
-    n = w_rows // 2 if gate_up else w_rows
-    a_desc = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
-    w_desc = TensorDescriptor.from_tensor(w.view(n_experts * w_rows, k), [cfg.block_n, cfg.block_k])
-    kernel[(programs,)](
-        a_desc, w_desc, ends, ends if gate_up else dest, ends if gate_up else scale, out,
-        n, k, out.stride(0), w_rows,
-        N_EXPERTS=n_experts, EXPERTS_POW2=triton.next_power_of_2(n_experts),
-        LARGE_FROM=large_from, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        GROUP_M=cfg.group_m, PROGRAMS=programs, FLATTEN=flatten, GATE_UP=gate_up,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    launch_args = (
+        a, w, ends, ends if gate_up else dest, ends if gate_up else scale, out,
+        a.shape[0], w_rows // 2 if gate_up else w_rows, k, out.stride(0), w_rows,
     )  # fmt: skip
+    meta = {
+        "N_EXPERTS": n_experts, "EXPERTS_POW2": triton.next_power_of_2(n_experts),
+        "LARGE_FROM": large_from, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+        "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "PROGRAMS": programs,
+        "FLATTEN": flatten, "GATE_UP": gate_up,
+        "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+    }  # fmt: skip
+
+    def run() -> None:
+        # The kernel writes its descriptors to a little global memory that Triton asks its
+        # allocator for at launch. Inductor's launcher sets torch's for compiled graphs; for
+        # eager calls it is set here, in a copy of the caller's context, so the caller's own
+        # choice of allocator is left as it was.
+        triton.set_allocator(lambda size, _align, _stream: a.new_empty(size, dtype=torch.int8))
+        kernel[(programs,)](*launch_args, **meta)
+
+    contextvars.copy_context().run(run)
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the copy engine can address these contiguous tensors as matrices of their last
+    dimension: rows and the first element 16-byte aligned (from sizes and offsets alone, so it
+    also answers for the fake tensors of a trace)."""
+    return all(
+        t.shape[-1] * t.element_size() % 16 == 0 and t.storage_offset() * t.element_size() % 16 == 0
+        for t in tensors
+    )
