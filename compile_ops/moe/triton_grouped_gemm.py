@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
@@ -290,8 +291,11 @@ def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torc
         )  # fmt: skip
     if persistent is not None:
         cfg, flatten = PERSISTENT_CONFIGS["gate_up"]
+        # One pass over P x H; one zero row more, never read: with no rows at all, Inductor's
+        # launcher of a 2D-tiled gather divides by zero (torch 2.11).
+        gathered = F.pad(x, (0, 0, 0, 1))[torch.cat([rows, rows.new_full((1,), x.shape[0])])]
         ttg.launch(
-            persistent.kernel, x[rows], gate_up, ends, None, None, out, cfg, flatten,
+            persistent.kernel, gathered, gate_up, ends, None, None, out, cfg, flatten,
             persistent.programs, LARGE_FROM_ROWS_PER_EXPERT,
         )  # fmt: skip
     return out
