@@ -43,6 +43,8 @@ CUDA_ONLY = {
     "compile_ops.graph_capture": "its table of graph types per device names torch.cuda.CUDAGraph",
     "compile_ops.cli.bench.studies": "records the NCCL version, which only torch.cuda reports",
     "compile_ops.moe.one_shot": "CUDA IPC exchange: asks torch.cuda which GPUs reach each other",
+    "compile_ops.moe.triton_tma_gemm": "Hopper's copy engine: asks torch.cuda for the compute "
+    "capability and the multiprocessor count",
 }
 
 

@@ -4,14 +4,16 @@ For sorted position ``p`` in expert ``e``'s group ``[ends[e-1], ends[e])``:
 
 * ``gate_up_silu``: ``act[p] = silu(x[rows[p]] @ gate[e].T) * (x[rows[p]] @ up[e].T)`` — the
   rows are gathered in the prologue, the gate and up tiles share them, and SiLU-and-multiply
-  runs on the float32 accumulators: neither the gathered rows nor ``[P, 2I]`` ever exist.
+  runs on the float32 accumulators: ``[P, 2I]`` never exists.
 * ``down_scatter``: ``out[dest[p]] = scale[p] * (act[p] @ down[e].T)`` — the routing weight is
   applied in the epilogue and the row stored at its pair's place, so the per-row sum that
   follows reads pairs in token order.
 
 Each launch's grid is the worst case for ``P`` rows: ``cdiv(P, BLOCK_M) + E`` row tiles (each
 expert's last tile may be partial) times the column tiles (two launches per kernel in 16-bit,
-one per tile size, see ``CONFIGS``). Each program finds its expert and rows from
+one per tile size, see ``CONFIGS``). On Hopper and newer, in 16 bits, the many-rows launch is
+the persistent kernel of triton_tma_gemm.py instead (one program per multiprocessor; its
+tiles come by TMA, so gate_up first gathers ``x[rows]`` into ``[P + 1, H]`` in one pass). Each program finds its expert and rows from
 ``ends`` on the device; programs past the last real tile return at once. Nothing is read back to
 the host and the launch depends on shapes alone, so the same launch serves a captured graph
 whatever the routing. Rows past ``ends[-1]`` are neither read nor written.
@@ -25,7 +27,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
@@ -254,10 +255,11 @@ def _launches(
 
 
 class Persistent(NamedTuple):
-    """The persistent TMA kernel as a launch takes it: wrapped for tracing or not, and its
-    grid (one program per multiprocessor)."""
+    """The persistent TMA kernel and the row gather that feeds it, as a launch takes them
+    (wrapped for tracing or not), and its grid (one program per multiprocessor)."""
 
     kernel: object
+    gather: object
     programs: int
 
 
@@ -267,7 +269,8 @@ def persistent_for(x: torch.Tensor) -> Persistent | None:
     back to the pointer tile for rows the copy engine cannot address (``ttg.tma_ready``)."""
     if x.dtype == torch.float32 or not ttg.supported(x.device):
         return None
-    return Persistent(wrap_triton(ttg.persistent_grouped_gemm_kernel), ttg.programs(x.device))
+    kernels = map(wrap_triton, (ttg.persistent_grouped_gemm_kernel, ttg.gather_rows_kernel))
+    return Persistent(*kernels, ttg.programs(x.device))
 
 
 def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torch.Tensor:
@@ -291,9 +294,7 @@ def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torc
         )  # fmt: skip
     if persistent is not None:
         cfg, flatten = PERSISTENT_CONFIGS["gate_up"]
-        # One pass over P x H; one zero row more, never read: with no rows at all, Inductor's
-        # launcher of a 2D-tiled gather divides by zero (torch 2.11).
-        gathered = F.pad(x, (0, 0, 0, 1))[torch.cat([rows, rows.new_full((1,), x.shape[0])])]
+        gathered = ttg.gather_rows(persistent.gather, x, rows)
         ttg.launch(
             persistent.kernel, gathered, gate_up, ends, None, None, out, cfg, flatten,
             persistent.programs, LARGE_FROM_ROWS_PER_EXPERT,

@@ -94,6 +94,27 @@ def persistent_grouped_gemm_kernel(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def gather_rows_kernel(x_ptr, rows_ptr, out_ptr, R, H, stride_x, BLOCK_H: tl.constexpr):
+    """``out[p] = x[rows[p]]``, zeros where ``rows[p]`` is ``R`` or more: one program a row."""
+    p = tl.program_id(0).to(tl.int64)
+    row = tl.load(rows_ptr + p)
+    for h0 in range(0, H, BLOCK_H):
+        cols = h0 + tl.arange(0, BLOCK_H)
+        values = tl.load(x_ptr + row * stride_x + cols, mask=(cols < H) & (row < R), other=0.0)
+        tl.store(out_ptr + p * H + cols, values, mask=cols < H)
+
+
+def gather_rows(kernel, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``[P + 1, H]``: ``x[rows]`` and a zero row (never empty, whatever ``P`` and ``x``'s row
+    count). One coalesced pass with ``kernel`` (``gather_rows_kernel``, wrapped for tracing or
+    not): Inductor's own fused gather of these rows ran 3-4x slower at prefill (torch 2.11)."""
+    out = x.new_empty((rows.shape[0] + 1, x.shape[1]))
+    padded = torch.cat([rows, rows.new_full((1,), x.shape[0])])
+    kernel[(padded.shape[0],)](x, padded, out, x.shape[0], x.shape[1], x.stride(0), BLOCK_H=1024)
+    return out
+
+
 def launch(kernel, a, w, ends, dest, scale, out, cfg, flatten: bool, programs: int, large_from):
     """One launch of ``kernel`` (``persistent_grouped_gemm_kernel``, wrapped for tracing or not)
     over ``a`` ``[P, K]`` and ``w`` ``[E, n, K]``, both contiguous; gate_up when ``dest`` is

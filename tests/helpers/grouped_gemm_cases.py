@@ -96,7 +96,10 @@ if __name__ == "__main__":
     # With the persistent TMA kernel for the many-rows counts (three programs, so that each
     # walks several tiles), then the pointer tiles alone: in this order no earlier call has left
     # the right values in the memory a later output is allocated from.
-    for persistent in (tg.Persistent(ttg.persistent_grouped_gemm_kernel, 3), None):
+    for persistent in (
+        tg.Persistent(ttg.persistent_grouped_gemm_kernel, ttg.gather_rows_kernel, 3),
+        None,
+    ):
 
         def gate_up_silu(*a):
             return tg.launch_gate_up_silu(tg.grouped_gemm_kernel, *a, persistent)  # noqa: B023
