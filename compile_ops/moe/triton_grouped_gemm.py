@@ -294,7 +294,7 @@ def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torc
         )  # fmt: skip
     if persistent is not None:
         cfg, flatten = PERSISTENT_CONFIGS["gate_up"]
-        gathered = ttg.gather_rows(persistent.gather, x, rows)
+        gathered = ttg.gather_rows(persistent.gather, x, rows, ends, LARGE_FROM_ROWS_PER_EXPERT)
         ttg.launch(
             persistent.kernel, gathered, gate_up, ends, None, None, out, cfg, flatten,
             persistent.programs, LARGE_FROM_ROWS_PER_EXPERT,

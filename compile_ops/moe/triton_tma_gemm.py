@@ -95,8 +95,15 @@ def persistent_grouped_gemm_kernel(
 
 
 @triton.jit
-def gather_rows_kernel(x_ptr, rows_ptr, out_ptr, R, H, stride_x, BLOCK_H: tl.constexpr):
-    """``out[p] = x[rows[p]]``, zeros where ``rows[p]`` is ``R`` or more: one program a row."""
+def gather_rows_kernel(
+    x_ptr, rows_ptr, ends_ptr, out_ptr, R, H, stride_x,
+    N_EXPERTS: tl.constexpr, LARGE_FROM: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """``out[p] = x[rows[p]]``, zeros where ``rows[p]`` is ``R`` or more: one program a row.
+    Below ``LARGE_FROM`` rows per expert the persistent kernel returns at once, and so does
+    this one: the few-rows tile gathers its own rows."""
+    if tl.load(ends_ptr + N_EXPERTS - 1) < LARGE_FROM * N_EXPERTS:
+        return
     p = tl.program_id(0).to(tl.int64)
     row = tl.load(rows_ptr + p)
     for h0 in range(0, H, BLOCK_H):
@@ -105,13 +112,17 @@ def gather_rows_kernel(x_ptr, rows_ptr, out_ptr, R, H, stride_x, BLOCK_H: tl.con
         tl.store(out_ptr + p * H + cols, values, mask=cols < H)
 
 
-def gather_rows(kernel, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def gather_rows(kernel, x: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor, large_from):
     """``[P + 1, H]``: ``x[rows]`` and a zero row (never empty, whatever ``P`` and ``x``'s row
-    count). One coalesced pass with ``kernel`` (``gather_rows_kernel``, wrapped for tracing or
-    not): Inductor's own fused gather of these rows ran 3-4x slower at prefill (torch 2.11)."""
+    count), written only where the persistent kernel will read it (see the kernel). One
+    coalesced pass with ``kernel`` (``gather_rows_kernel``, wrapped for tracing or not):
+    Inductor's own fused gather of these rows ran 3-4x slower at prefill (torch 2.11)."""
     out = x.new_empty((rows.shape[0] + 1, x.shape[1]))
     padded = torch.cat([rows, rows.new_full((1,), x.shape[0])])
-    kernel[(padded.shape[0],)](x, padded, out, x.shape[0], x.shape[1], x.stride(0), BLOCK_H=1024)
+    kernel[(padded.shape[0],)](
+        x, padded, ends, out, x.shape[0], x.shape[1], x.stride(0),
+        N_EXPERTS=ends.shape[0], LARGE_FROM=large_from, BLOCK_H=1024,
+    )  # fmt: skip
     return out
 
 
