@@ -28,8 +28,13 @@ import triton.language as tl
 
 
 def supported(device: torch.device) -> bool:
-    """Whether ``device`` has the copy engine this kernel is written for (compute 9.0+)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    """Whether ``device`` has the copy engine this kernel is written for: an NVIDIA GPU of
+    compute capability 9.0 or newer (ROCm builds report AMD GPUs as "cuda" too)."""
+    return (
+        device.type == "cuda"
+        and torch.version.hip is None
+        and torch.cuda.get_device_capability(device) >= (9, 0)
+    )
 
 
 def programs(device: torch.device) -> int:
