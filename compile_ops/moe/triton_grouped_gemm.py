@@ -32,6 +32,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import triton_tma_gemm as ttg
+from .triton_expert_tiles import expert_tiles, tile_rows
 
 
 class TileConfig(NamedTuple):
@@ -103,17 +104,8 @@ def _expert_rows(
     ends_ptr, pid_m, N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, BLOCK_M: tl.constexpr
 ):
     """(expert, first row, row end) of row tile ``pid_m``; expert >= N_EXPERTS past the last."""
-    e = tl.arange(0, EXPERTS_POW2)
-    real = e < N_EXPERTS
-    end = tl.load(ends_ptr + e, mask=real, other=0)
-    start = tl.load(ends_ptr + e - 1, mask=real & (e > 0), other=0)
-    tiles = tl.where(real, (end - start + BLOCK_M - 1) // BLOCK_M, 0)
-    tile_end = tl.cumsum(tiles, 0)
-    expert = tl.sum((tile_end <= pid_m).to(tl.int32), 0)
-    mine = e == expert
-    first_tile = tl.sum(tl.where(mine, tile_end - tiles, 0), 0)
-    row0 = tl.sum(tl.where(mine, start, 0), 0) + (pid_m - first_tile) * BLOCK_M
-    return expert, row0, tl.sum(tl.where(mine, end, 0), 0)
+    start, end, tiles, tile_end = expert_tiles(ends_ptr, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    return tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M)
 
 
 @triton.jit

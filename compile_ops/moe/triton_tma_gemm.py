@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_expert_tiles import expert_tiles, tile_rows
+
 
 def supported(device: torch.device) -> bool:
     """Whether ``device`` has the copy engine this kernel is written for: an NVIDIA GPU of
@@ -58,12 +60,7 @@ def persistent_grouped_gemm_kernel(
     # Made here, past the return: no descriptor is ever made over an empty tensor.
     a_desc = tl.make_tensor_descriptor(a_ptr, [M, K], [K, 1], [BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, [N_EXPERTS * W_ROWS, K], [K, 1], [BLOCK_N, BLOCK_K])
-    e = tl.arange(0, EXPERTS_POW2)
-    real = e < N_EXPERTS
-    end = tl.load(ends_ptr + e, mask=real, other=0)
-    start = tl.load(ends_ptr + e - 1, mask=real & (e > 0), other=0)
-    tiles = tl.where(real, (end - start + BLOCK_M - 1) // BLOCK_M, 0)
-    tile_end = tl.cumsum(tiles, 0)
+    start, end, tiles, tile_end = expert_tiles(ends_ptr, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
     num_m = tl.sum(tiles, 0)
     num_n = tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * num_n
@@ -72,11 +69,9 @@ def persistent_grouped_gemm_kernel(
         first_m = (t // per_group) * GROUP_M
         size_m = tl.minimum(num_m - first_m, GROUP_M)
         pid_m = first_m + (t % per_group) % size_m
-        expert = tl.sum((tile_end <= pid_m).to(tl.int32), 0)
-        mine = e == expert
-        row0 = tl.sum(tl.where(mine, start + (pid_m - tile_end + tiles) * BLOCK_M, 0), 0)
+        expert, row0, row_end = tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M)
         offs_m = row0 + tl.arange(0, BLOCK_M)
-        in_rows = offs_m < tl.sum(tl.where(mine, end, 0), 0)
+        in_rows = offs_m < row_end
         n0 = ((t % per_group) // size_m) * BLOCK_N
         offs_n = n0 + tl.arange(0, BLOCK_N)
         w_row = expert * W_ROWS + n0

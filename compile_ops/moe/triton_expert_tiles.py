@@ -1,0 +1,33 @@
+"""Which expert and which rows a row tile of the MoE grouped GEMMs covers, found on the device
+from the cumulative group ends (pairs sorted by expert; see experts.py): shared by the pointer
+tiles (triton_grouped_gemm.py) and the persistent TMA tile (triton_tma_gemm.py).
+
+Every expert's rows start a new tile (its last tile may be partial), so expert ``e`` owns
+``cdiv(ends[e] - ends[e-1], BLOCK_M)`` consecutive row tiles."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def expert_tiles(ends_ptr, N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, BLOCK_M):
+    """Vectors over the experts (EXPERTS_POW2 long, empty past N_EXPERTS): each one's first
+    row, row end, row tiles, and the cumulative tile count up to and including it."""
+    e = tl.arange(0, EXPERTS_POW2)
+    real = e < N_EXPERTS
+    end = tl.load(ends_ptr + e, mask=real, other=0)
+    start = tl.load(ends_ptr + e - 1, mask=real & (e > 0), other=0)
+    tiles = tl.where(real, (end - start + BLOCK_M - 1) // BLOCK_M, 0)
+    return start, end, tiles, tl.cumsum(tiles, 0)
+
+
+@triton.jit
+def tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2: tl.constexpr, BLOCK_M):
+    """(expert, first row, row end) of row tile ``pid_m``, from ``expert_tiles``; the expert is
+    N_EXPERTS or more (and the rows empty) past the last real tile."""
+    expert = tl.sum((tile_end <= pid_m).to(tl.int32), 0)
+    mine = tl.arange(0, EXPERTS_POW2) == expert
+    row0 = tl.sum(tl.where(mine, start + (pid_m - tile_end + tiles) * BLOCK_M, 0), 0)
+    return expert, row0, tl.sum(tl.where(mine, end, 0), 0)
