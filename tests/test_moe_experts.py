@@ -277,3 +277,19 @@ def test_persistent_tma_tile_compiles_for_hopper_in_both_roles():
         row = tool.persistent_resources(kernel, shape, 90)
         assert 0 < row["registers"] <= 255 and row["spill_stores"] == 0, row
         assert row["tma_loads"] > 0 and row["wgmma"] > 0 and row["pipelined_loads"] == 0, row
+
+
+def test_persistent_tile_only_where_the_copy_engine_can_address_the_rows():
+    """TMA needs 16-byte aligned rows and first elements; elsewhere (and off NVIDIA GPUs, and in
+    float32) the launches keep the pointer tile for every count."""
+    pytest.importorskip("triton")
+    from compile_ops.moe import triton_grouped_gemm as tg
+    from compile_ops.moe import triton_tma_gemm as ttg
+
+    aligned = torch.empty(5, 64, dtype=torch.bfloat16)
+    assert ttg.tma_ready(aligned, torch.empty(3, 8, 64, dtype=torch.bfloat16))
+    assert not ttg.tma_ready(aligned, torch.empty(3, 8, 36, dtype=torch.bfloat16))  # 72 B rows
+    offset = torch.empty(70, dtype=torch.bfloat16)[3:67].view(1, 64)  # starts 6 B in
+    assert not ttg.tma_ready(offset) and ttg.tma_ready(offset.clone())
+    assert not ttg.supported(torch.device("cpu"))
+    assert tg.persistent_for(aligned) is None  # on the CPU
