@@ -7,7 +7,8 @@ row stored at its pair's place. What differs:
 
 * One program per multiprocessor. Each counts the real row tiles from ``ends`` on the device and
   walks them, so the grid depends on the machine alone: the same launch serves any routing and a
-  captured graph, and no program is launched only to return.
+  captured graph, and no program is launched for a tile that does not exist (below the
+  many-rows count all of them return at once).
 * The copy engine moves rectangles, so the rows of A must be contiguous: gate_up reads
   ``x[rows]`` gathered beforehand by the op (one pass over ``P x H``), down reads ``act``.
 * The weights ``[E, n, K]`` are addressed as one ``[E * n, K]`` matrix. A tile that runs past
