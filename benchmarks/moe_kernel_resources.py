@@ -1,7 +1,8 @@
 """Registers, spills and shared memory of the MoE Triton kernels, compiled for a GPU target on any
 machine: the grouped GEMM (compile_ops/moe/triton_grouped_gemm.py) for every tile it launches
-(with the persistent TMA tile of triton_tma_gemm.py on sm_90 and newer), the capacity all_to_all send-buffer kernel (triton_peer_pack.py) at a decode shape, and its
-one-shot exchange (triton_one_shot.py).
+(with the persistent TMA tile of triton_tma_gemm.py on sm_90 and newer), the capacity
+all_to_all send-buffer kernel (triton_peer_pack.py) at a decode shape, and its one-shot
+exchange (triton_one_shot.py).
 Triton lowers the kernel to PTX and its own ptxas reports the resources (no GPU needed).
 
     python3 benchmarks/moe_kernel_resources.py              # sm_90 (H100, H200), bf16 and fp32

@@ -1,6 +1,7 @@
-"""Which expert and which rows a row tile of the MoE grouped GEMMs covers, found on the device
-from the cumulative group ends (pairs sorted by expert; see experts.py): shared by the pointer
-tiles (triton_grouped_gemm.py) and the persistent TMA tile (triton_tma_gemm.py).
+"""Which tile a program works on, and which expert and rows a row tile of the MoE grouped GEMMs
+covers, found on the device from the cumulative group ends (pairs sorted by expert; see
+experts.py): shared by the pointer tiles (triton_grouped_gemm.py), the persistent TMA tile and
+its row gather (triton_tma_gemm.py).
 
 Every expert's rows start a new tile (its last tile may be partial), so expert ``e`` owns
 ``cdiv(ends[e] - ends[e-1], BLOCK_M)`` consecutive row tiles."""
@@ -31,3 +32,20 @@ def tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2: tl.constexpr, BL
     mine = tl.arange(0, EXPERTS_POW2) == expert
     row0 = tl.sum(tl.where(mine, start + (pid_m - tile_end + tiles) * BLOCK_M, 0), 0)
     return expert, row0, tl.sum(tl.where(mine, end, 0), 0)
+
+
+@triton.jit
+def many_rows(ends_ptr, N_EXPERTS: tl.constexpr, LARGE_FROM: tl.constexpr):
+    """Whether at least LARGE_FROM rows per expert are routed on average: the many-rows
+    (prefill) tile's counts; below, the few-rows tile serves them."""
+    return tl.load(ends_ptr + N_EXPERTS - 1) >= LARGE_FROM * N_EXPERTS
+
+
+@triton.jit
+def grouped_order(t, num_m, num_n, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of tile index ``t``: GROUP_M row tiles share each sweep of the
+    column tiles, so their weight tiles stay in L2."""
+    per_group = GROUP_M * num_n
+    first_m = (t // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (t % per_group) % size_m, (t % per_group) // size_m

@@ -12,9 +12,10 @@ For sorted position ``p`` in expert ``e``'s group ``[ends[e-1], ends[e])``:
 Each launch's grid is the worst case for ``P`` rows: ``cdiv(P, BLOCK_M) + E`` row tiles (each
 expert's last tile may be partial) times the column tiles (two launches per kernel in 16-bit,
 one per tile size, see ``CONFIGS``). On Hopper and newer, in 16 bits, the many-rows launch is
-the persistent kernel of triton_tma_gemm.py instead (one program per multiprocessor; its
-tiles come by TMA, so gate_up first gathers ``x[rows]`` into ``[P + 1, H]`` in one pass). Each program finds its expert and rows from
-``ends`` on the device; programs past the last real tile return at once. Nothing is read back to
+the persistent kernel of triton_tma_gemm.py instead (one program per multiprocessor; its tiles
+come by TMA, so gate_up first gathers ``x[rows]`` into ``[P + 1, H]`` in one pass). Each
+program finds its expert and rows from ``ends`` on the device; programs past the last real tile
+return at once. Nothing is read back to
 the host and the launch depends on shapes alone, so the same launch serves a captured graph
 whatever the routing. Rows past ``ends[-1]`` are neither read nor written.
 
@@ -32,7 +33,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import triton_tma_gemm as ttg
-from .triton_expert_tiles import expert_tiles, tile_rows
+from .triton_expert_tiles import expert_tiles, grouped_order, many_rows, tile_rows
 
 
 class TileConfig(NamedTuple):
@@ -82,21 +83,11 @@ def _not_my_regime(
     if REGIME == 0:
         return False
     else:
-        large = tl.load(ends_ptr + N_EXPERTS - 1) >= LARGE_FROM * N_EXPERTS
+        large = many_rows(ends_ptr, N_EXPERTS, LARGE_FROM)
         if REGIME == 1:
             return large
         else:
             return large == 0
-
-
-@triton.jit
-def _program_tile(num_m, num_n, GROUP_M: tl.constexpr):
-    """(row tile, column tile) of this program; GROUP_M row tiles share each column sweep."""
-    pid = tl.program_id(0)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
 
 
 @triton.jit
@@ -116,7 +107,7 @@ def _tile(
 ):  # fmt: skip
     """This program's expert, its rows (sorted positions) and columns, with their masks; the
     expert is N_EXPERTS (nothing to do) past the last real tile."""
-    pid_m, pid_n = _program_tile(num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_order(tl.program_id(0), num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
     expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_expert_tiles import expert_tiles, tile_rows
+from .triton_expert_tiles import expert_tiles, grouped_order, many_rows, tile_rows
 
 
 def supported(device: torch.device) -> bool:
@@ -56,7 +56,7 @@ def persistent_grouped_gemm_kernel(
     rows ``[N, 2N)`` of each expert's ``W_ROWS``), else ``out[dest[p]] = scale[p] * a[p] @ w.T``,
     for sorted position ``p`` of expert ``e``. Returns at once below ``LARGE_FROM`` rows per
     expert on average: the few-rows tile serves those counts."""
-    if tl.load(ends_ptr + N_EXPERTS - 1) < LARGE_FROM * N_EXPERTS:
+    if not many_rows(ends_ptr, N_EXPERTS, LARGE_FROM):
         return
     # Made here, past the return: no descriptor is ever made over an empty tensor.
     a_desc = tl.make_tensor_descriptor(a_ptr, [M, K], [K, 1], [BLOCK_M, BLOCK_K])
@@ -64,16 +64,12 @@ def persistent_grouped_gemm_kernel(
     start, end, tiles, tile_end = expert_tiles(ends_ptr, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
     num_m = tl.sum(tiles, 0)
     num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
     for t in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=FLATTEN):
-        # GROUP_M row tiles share each sweep of column tiles (weight tiles stay in L2).
-        first_m = (t // per_group) * GROUP_M
-        size_m = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (t % per_group) % size_m
+        pid_m, pid_n = grouped_order(t, num_m, num_n, GROUP_M)
         expert, row0, row_end = tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M)
         offs_m = row0 + tl.arange(0, BLOCK_M)
         in_rows = offs_m < row_end
-        n0 = ((t % per_group) // size_m) * BLOCK_N
+        n0 = pid_n * BLOCK_N
         offs_n = n0 + tl.arange(0, BLOCK_N)
         w_row = expert * W_ROWS + n0
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -103,7 +99,7 @@ def gather_rows_kernel(
     """``out[p] = x[rows[p]]``, zeros where ``rows[p]`` is ``R`` or more: one program a row.
     Below ``LARGE_FROM`` rows per expert the persistent kernel returns at once, and so does
     this one: the few-rows tile gathers its own rows."""
-    if tl.load(ends_ptr + N_EXPERTS - 1) < LARGE_FROM * N_EXPERTS:
+    if not many_rows(ends_ptr, N_EXPERTS, LARGE_FROM):
         return
     p = tl.program_id(0).to(tl.int64)
     row = tl.load(rows_ptr + p)
