@@ -238,7 +238,8 @@ def test_gpu_sharded_block_each_impl(world, impl, dtype):
 def test_triton_kernel_matches_torch_in_triton_interpreter():
     """Both roles and both 16-bit tiles on a CPU (Triton's interpreter) against float32 torch,
     around the switch between the tiles: a few-rows launch whose grid misses a tile it needs (9
-    tiles for 383 rows over 4 experts) fails here."""
+    tiles for 383 rows over 4 experts) fails here, and so does a tile order that mixes up row
+    and column tiles (one case is two column tiles wide in both roles)."""
     pytest.importorskip("triton")
     from helpers import grouped_gemm_cases
     from helpers.moe_workers import run_interpreted

@@ -13,23 +13,28 @@ import torch
 import torch.nn.functional as F
 
 HIDDEN, INTER = 64, 48  # columns past a tile's edge, and a k-loop with a partial last block
-# rows per expert (sorted pairs; rows past their sum are padding the kernels must not touch)
+# Wider than every tile (gate_up's 128 columns, down's 256), so each role sweeps two column
+# tiles, the second partial: a tile order that mixes up row and column tiles shows here.
+WIDE = 272, 136
+# (rows per expert, (hidden, intermediate)): sorted pairs; rows past their sum are padding the
+# kernels must not touch
 CASES = [
-    [3, 0, 70, 20],  # few rows: the 64-row tile runs
-    [65, 65, 65, 188],  # 383 rows, one short of the switch: the most 64-row tiles (9)
-    [96, 96, 96, 96],  # exactly at the switch: the 128-row tile runs
-    [100, 150, 0, 140],
+    ([3, 0, 70, 20], (HIDDEN, INTER)),  # few rows: the 64-row tile runs
+    ([65, 65, 65, 188], (HIDDEN, INTER)),  # 383 rows, one short of the switch: 9 64-row tiles
+    ([96, 96, 96, 96], (HIDDEN, INTER)),  # exactly at the switch: the 128-row tile runs
+    ([100, 150, 0, 140], (HIDDEN, INTER)),
+    ([100, 120], WIDE),  # many rows in 2 row tiles (at most 4 launched): fewer than a group (8)
 ]
 PADDING = 17
 
 
-def inputs(counts: list[int], device):
+def inputs(counts: list[int], hidden: int, inter: int, device):
     g = torch.Generator().manual_seed(sum(counts))
     experts, routed = len(counts), sum(counts)
     tokens = routed // 2 + 1
-    x = torch.randn(tokens, HIDDEN, generator=g).to(torch.float16)
-    gate_up = (torch.randn(experts, 2 * INTER, HIDDEN, generator=g) / 8).to(torch.float16)
-    down = (torch.randn(experts, HIDDEN, INTER, generator=g) / 8).to(torch.float16)
+    x = torch.randn(tokens, hidden, generator=g).to(torch.float16)
+    gate_up = (torch.randn(experts, 2 * inter, hidden, generator=g) / 8).to(torch.float16)
+    down = (torch.randn(experts, hidden, inter, generator=g) / 8).to(torch.float16)
     rows = torch.randint(0, tokens, (routed + PADDING,), generator=g)
     ends = torch.tensor(counts).cumsum(0).to(torch.int32)
     dest = torch.randperm(routed + PADDING, generator=g)
@@ -54,8 +59,8 @@ def expected(x, gate_up, down, rows, ends, dest, scale):
 
 def mismatches(gate_up_silu, down_scatter, device) -> list[str]:
     bad = []
-    for counts in CASES:
-        x, gate_up, down, rows, ends, dest, scale = inputs(counts, device)
+    for counts, (hidden, inter) in CASES:
+        x, gate_up, down, rows, ends, dest, scale = inputs(counts, hidden, inter, device)
         want_act, want_out = expected(
             *(t.cpu() for t in (x, gate_up, down, rows, ends, dest, scale))
         )
@@ -67,7 +72,8 @@ def mismatches(gate_up_silu, down_scatter, device) -> list[str]:
                                 ("out", out[kept], want_out[kept])):  # fmt: skip
             if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
                 worst = (got - want).abs().max().item()
-                bad.append(f"rows per expert {counts}: {name} off by up to {worst:.3g}")
+                case = f"rows per expert {counts}, hidden {hidden}, intermediate {inter}"
+                bad.append(f"{case}: {name} off by up to {worst:.3g}")
     return bad
 
 
