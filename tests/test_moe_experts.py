@@ -281,16 +281,27 @@ def test_persistent_tma_tile_compiles_for_hopper_in_both_roles():
 
 
 def test_persistent_tile_only_where_the_copy_engine_can_address_the_rows():
-    """TMA needs 16-byte aligned rows and first elements; elsewhere (and off NVIDIA GPUs, and in
-    float32) the launches keep the pointer tile for every count."""
+    """TMA needs 16-byte rows and a 16-byte aligned first element, by storage offset and, for
+    a real tensor, by address; elsewhere (and off NVIDIA GPUs, and in float32) the launches
+    keep the pointer tile for every count. (That gate_up takes any ``x`` whose rows fit, since
+    the copy engine reads a gathered copy, is checked in the interpreter cases.)"""
     pytest.importorskip("triton")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from compile_ops.moe import triton_grouped_gemm as tg
     from compile_ops.moe import triton_tma_gemm as ttg
 
     aligned = torch.empty(5, 64, dtype=torch.bfloat16)
     assert ttg.tma_ready(aligned, torch.empty(3, 8, 64, dtype=torch.bfloat16))
-    assert not ttg.tma_ready(aligned, torch.empty(3, 8, 36, dtype=torch.bfloat16))  # 72 B rows
+    narrow = torch.empty(3, 8, 36, dtype=torch.bfloat16)  # 72 B rows
+    assert not ttg.tma_ready(aligned, narrow) and not ttg.rows_fit(narrow)
     offset = torch.empty(70, dtype=torch.bfloat16)[3:67].view(1, 64)  # starts 6 B in
-    assert not ttg.tma_ready(offset) and ttg.tma_ready(offset.clone())
+    assert not ttg.tma_ready(offset) and ttg.tma_ready(offset.clone()) and ttg.rows_fit(offset)
+    foreign = torch.from_dlpack(offset)  # the same memory, as storage offset 0
+    assert foreign.storage_offset() == 0 and foreign.data_ptr() % 16 == 6
+    assert not ttg.tma_ready(foreign)
+    with FakeTensorMode():  # a trace sees sizes and offsets only
+        assert ttg.tma_ready(torch.empty(5, 64, dtype=torch.bfloat16))
+        assert not ttg.tma_ready(torch.empty(70, dtype=torch.bfloat16)[3:67])
     assert not ttg.supported(torch.device("cpu"))
     assert tg.persistent_for(aligned) is None  # on the CPU

@@ -264,7 +264,8 @@ def launch_gate_up_silu(kernel, x, rows, gate_up, ends, persistent=None) -> torc
     x, gate_up = x.contiguous(), gate_up.contiguous()
     n_experts, two_i, hidden = gate_up.shape
     inter = two_i // 2
-    persistent = persistent if ttg.tma_ready(x, gate_up) else None
+    # The copy engine reads a gathered copy of x's rows (a fresh buffer), never x itself.
+    persistent = persistent if ttg.rows_fit(x) and ttg.tma_ready(gate_up) else None
     out = x.new_empty((rows.shape[0], inter))
     launches = _launches(
         "gate_up", x.dtype, rows.shape[0], n_experts, inter, hidden, persistent is not None

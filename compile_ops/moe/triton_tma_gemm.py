@@ -26,6 +26,7 @@ import contextvars
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 from .triton_expert_tiles import expert_tiles, grouped_order, many_rows, tile_rows
 
@@ -152,11 +153,18 @@ def launch(kernel, a, w, ends, dest, scale, out, cfg, flatten: bool, programs: i
     contextvars.copy_context().run(run)
 
 
+def rows_fit(*tensors: torch.Tensor) -> bool:
+    """Whether rows of these tensors' last dimension are whole 16-byte units, as the copy
+    engine's row strides must be."""
+    return all(t.shape[-1] * t.element_size() % 16 == 0 for t in tensors)
+
+
 def tma_ready(*tensors: torch.Tensor) -> bool:
     """Whether the copy engine can address these contiguous tensors as matrices of their last
-    dimension: rows and the first element 16-byte aligned (from sizes and offsets alone, so it
-    also answers for the fake tensors of a trace)."""
-    return all(
-        t.shape[-1] * t.element_size() % 16 == 0 and t.storage_offset() * t.element_size() % 16 == 0
+    dimension: whole 16-byte rows and a 16-byte aligned first element. A traced (fake) tensor
+    has no address, so there the storage offset alone is checked; Inductor assumes the same of
+    its inputs' allocations (see "Input Alignment handling" in torch/_inductor)."""
+    return rows_fit(*tensors) and all(
+        t.storage_offset() * t.element_size() % 16 == 0 and (is_fake(t) or t.data_ptr() % 16 == 0)
         for t in tensors
     )

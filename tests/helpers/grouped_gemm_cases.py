@@ -32,14 +32,17 @@ def inputs(counts: list[int], hidden: int, inter: int, device):
     g = torch.Generator().manual_seed(sum(counts))
     experts, routed = len(counts), sum(counts)
     tokens = routed // 2 + 1
-    x = torch.randn(tokens, hidden, generator=g).to(torch.float16)
+    # x starts 6 bytes into its storage: the kernels read it by pointer, and the copy engine
+    # only its gathered copy, so the persistent kernel still serves it
+    x = torch.randn(tokens * hidden + 3, generator=g).to(torch.float16)[3:].view(tokens, hidden)
     gate_up = (torch.randn(experts, 2 * inter, hidden, generator=g) / 8).to(torch.float16)
     down = (torch.randn(experts, hidden, inter, generator=g) / 8).to(torch.float16)
     rows = torch.randint(0, tokens, (routed + PADDING,), generator=g)
     ends = torch.tensor(counts).cumsum(0).to(torch.int32)
     dest = torch.randperm(routed + PADDING, generator=g)
     scale = torch.rand(routed + PADDING, generator=g)
-    return [t.to(device) for t in (x, gate_up, down, rows, ends, dest, scale)]
+    moved = [t.to(device) for t in (gate_up, down, rows, ends, dest, scale)]
+    return [x if x.device == torch.device(device) else x.to(device), *moved]
 
 
 def expected(x, gate_up, down, rows, ends, dest, scale):
@@ -98,14 +101,22 @@ if __name__ == "__main__":
 
     _scalar_loop_bounds_in_the_interpreter()
 
+    class Counted:
+        """A kernel that counts its launches."""
+
+        def __init__(self, kernel):
+            self.kernel, self.launches = kernel, 0
+
+        def __getitem__(self, grid):
+            self.launches += 1
+            return self.kernel[grid]
+
     failed = []
     # With the persistent TMA kernel for the many-rows counts (three programs, so that each
     # walks several tiles), then the pointer tiles alone: in this order no earlier call has left
     # the right values in the memory a later output is allocated from.
-    for persistent in (
-        tg.Persistent(ttg.persistent_grouped_gemm_kernel, ttg.gather_rows_kernel, 3),
-        None,
-    ):
+    counted = Counted(ttg.persistent_grouped_gemm_kernel)
+    for persistent in (tg.Persistent(counted, ttg.gather_rows_kernel, 3), None):
 
         def gate_up_silu(*a):
             return tg.launch_gate_up_silu(tg.grouped_gemm_kernel, *a, persistent)  # noqa: B023
@@ -115,5 +126,7 @@ if __name__ == "__main__":
 
         where = "persistent" if persistent else "pointer tiles"
         failed += [f"{where}: {m}" for m in mismatches(gate_up_silu, down_scatter, "cpu")]
+    if counted.launches != 2 * len(CASES):  # once in each role: no case fell back
+        failed.append(f"persistent kernel launched {counted.launches}x, not {2 * len(CASES)}x")
     print("\n".join(failed) or f"{len(CASES)} cases equal")
     sys.exit(1 if failed else 0)
