@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
-__all__ = ["COMMANDS", "main", "version"]
+__all__ = ["COMMANDS", "entry", "main", "version"]
 
 COMMANDS = {
     "check": (
@@ -70,3 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return int(importlib.import_module(args.module).run(args) or 0)
+
+
+def entry() -> NoReturn:
+    """``compile-ops`` and ``python -m compile_ops.cli``: ``main``, then the process's exit.
+
+    A rank of a torchrun job that a command joined leaves without the interpreter's teardown
+    (``leave_rank``: a gloo thread still releasing the last collective aborts it otherwise);
+    ``main`` itself always returns, for callers that run a command inside their own process."""
+    code = main()
+    world = sys.modules.get("compile_ops.cli.world")  # imported only by a command with ranks
+    if world is not None and world.under_torchrun():
+        from compile_ops.testing.pool import leave_rank
+
+        leave_rank(code)
+    sys.exit(code)

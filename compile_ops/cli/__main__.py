@@ -1,7 +1,5 @@
 """``python -m compile_ops.cli``: the same as the ``compile-ops`` command (and what torchrun runs)."""
 
-import sys
+from . import entry
 
-from . import main
-
-sys.exit(main())
+entry()

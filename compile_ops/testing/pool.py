@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -164,19 +164,29 @@ def _worker_main(rank, world_size, backend, store_port, conn, env, ready_job):
         except BaseException as e:
             kind, value = "err", _failure(e)
         conn.send_bytes(_answer(job, kind, value))
-    # Every answer is sent and nothing else is kept: leave at once. The interpreter's own exit
-    # (the process group's and Python's teardown) takes seconds per rank, which ``close`` would
-    # wait for at every pool shutdown. What must not outlive the rank is released first:
-    # Inductor's compile workers, and multiprocessing's finalizers (which unlink the named
-    # semaphores a rank created, e.g. tqdm's lock; the stdlib has no public name for the
-    # function a process runs for them at its normal exit).
+    # Every answer is sent and nothing else is kept. The interpreter's own exit would also take
+    # seconds per rank, which ``close`` would wait for at every pool shutdown.
+    leave_rank(0)
+
+
+def leave_rank(code: int) -> NoReturn:
+    """End a rank's process with ``code`` at once, without the interpreter's teardown.
+
+    A gloo worker thread may still be releasing the tensors of the last collective after its
+    ``wait()`` has returned, and that takes the GIL; once Python has begun to finalize, such a
+    thread is made to exit in the middle of a C++ destructor, which aborts the process
+    ("terminate called without an active exception", torch 2.11, 1 exit in about 8 on 2
+    cores; pytorch/pytorch#190489). What must not outlive the rank is released first:
+    Inductor's compile workers, multiprocessing's finalizers (which unlink the named semaphores
+    a rank created, e.g. tqdm's lock; the stdlib has no public name for the function a process
+    runs for them at its normal exit), and the output streams."""
     compiling = sys.modules.get("torch._inductor.async_compile")
     if compiling is not None:
         compiling.shutdown_compile_workers()
     multiprocessing.util._exit_function()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 class WorkerPool:
