@@ -9,7 +9,7 @@ from helpers.moe_experts_workers import run_sharded_vs_reference
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from compile_ops.moe import MoEConfig, MoEWeights, compute, mark_token_dim, resolve_experts_impl
-from compile_ops.moe.experts import check_experts_impl, local_experts
+from compile_ops.moe.experts import check_experts_impl, group_pairs, local_experts
 
 CONFIG = MoEConfig(hidden=32, intermediate=48, experts=8, top_k=2)
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.bfloat16: {"rtol": 2e-2, "atol": 5e-2}}
@@ -81,6 +81,24 @@ def _largest_intermediate(impl, dtype, n_local, rows=16):
         and isinstance(node.meta.get("val"), torch.Tensor)
         and not getattr(node.target, "is_view", False)  # views allocate nothing (weights.T)
     )
+
+
+@pytest.mark.parametrize("n_local", [1, 255, 256, 32767, 32768])
+def test_sort_keys_hold_every_local_expert_and_the_unrouted_key(n_local):
+    """The sort key is the local expert, or ``n_local`` for a pair routed elsewhere, in the
+    narrowest integer type: at each type's edge, the last expert keeps its own group and an
+    unrouted pair (a padding id, another rank's expert) lands in none."""
+    first = 7
+    ids = torch.tensor([[first + n_local - 1, -1], [first, first + n_local], [first - 1, first]])
+    grouping = group_pairs(ids, torch.tensor(first), n_local)
+    local = ids.reshape(-1) - first
+    routed = ((local >= 0) & (local < n_local)).nonzero().flatten()
+    assert torch.equal(grouping.valid, (local >= 0) & (local < n_local))
+    assert grouping.ends.dtype == torch.int32 and grouping.ends.shape == (n_local,)
+    assert grouping.ends[-1] == routed.numel() == 3
+    assert torch.equal(grouping.order[:3], routed[local[routed].argsort(stable=True)])
+    counts = torch.diff(grouping.ends, prepend=grouping.ends.new_zeros(1))
+    assert torch.equal(counts, torch.bincount(local[routed], minlength=n_local).int())
 
 
 @pytest.mark.parametrize(("impl", "dtype"), CPU_IMPLS[1:])
