@@ -89,17 +89,14 @@ def persistent_resources(kernel: str, shape: dict, arch: int) -> dict:
     """ptxas's report for the persistent TMA tile of ``kernel`` in bfloat16, and its copies:
     TMA tile loads (``cp.async.bulk.tensor``) and tensor-core products (``wgmma``) in the PTX."""
     cfg, flatten = tg.PERSISTENT_CONFIGS[kernel]
-    n, k = (shape["intermediate"], shape["hidden"])[:: 1 if kernel == "gate_up" else -1]
-    experts = shape["experts"]
-    meta = {"N_EXPERTS": experts, "EXPERTS_POW2": triton.next_power_of_2(experts)}
-    meta |= {"LARGE_FROM": tg.LARGE_FROM_ROWS_PER_EXPERT, "BLOCK_M": cfg.block_m}
-    meta |= {"BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}
-    meta |= {"PROGRAMS": 132, "FLATTEN": flatten, "GATE_UP": kernel == "gate_up"}
+    gate_up, large_from = kernel == "gate_up", tg.LARGE_FROM_ROWS_PER_EXPERT
+    n, k = (shape["intermediate"], shape["hidden"])[:: 1 if gate_up else -1]
+    meta = ttg.kernel_constants(cfg, flatten, shape["experts"], gate_up, 132, large_from)
     sig = {"a_ptr": "*bf16", "w_ptr": "*bf16", "ends_ptr": "*i32", "dest_ptr": "*i64"}
     sig |= {"scale_ptr": "*fp32", "out_ptr": "*bf16"}
     sig |= dict.fromkeys(("M", "N", "K", "stride_out", "W_ROWS"), "i32")
     sig |= dict.fromkeys(meta, "constexpr")
-    w_rows = 2 * n if kernel == "gate_up" else n
+    w_rows = 2 * n if gate_up else n
     ints = {"N": n, "K": k, "stride_out": n, "W_ROWS": w_rows}
     fn = ttg.persistent_grouped_gemm_kernel
     source = ASTSource(fn, sig, constexprs=meta, attrs=_specialized(fn, sig, ints))

@@ -124,6 +124,19 @@ def gather_rows(kernel, x: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor,
     return out
 
 
+def kernel_constants(
+    cfg, flatten: bool, n_experts: int, gate_up: bool, programs: int, large_from: int
+) -> dict:
+    """The compile-time arguments of ``persistent_grouped_gemm_kernel`` (``cfg``: a
+    ``TileConfig``), for its launch and for compiling it without a GPU."""
+    return {
+        "N_EXPERTS": n_experts, "EXPERTS_POW2": triton.next_power_of_2(n_experts),
+        "LARGE_FROM": large_from, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+        "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "PROGRAMS": programs,
+        "FLATTEN": flatten, "GATE_UP": gate_up,
+    }  # fmt: skip
+
+
 def launch(kernel, a, w, ends, dest, scale, out, cfg, flatten: bool, programs: int, large_from):
     """One launch of ``kernel`` (``persistent_grouped_gemm_kernel``, wrapped for tracing or not)
     over ``a`` ``[P, K]`` and ``w`` ``[E, n, K]``, both contiguous; gate_up when ``dest`` is
@@ -134,13 +147,8 @@ def launch(kernel, a, w, ends, dest, scale, out, cfg, flatten: bool, programs: i
         a, w, ends, ends if gate_up else dest, ends if gate_up else scale, out,
         a.shape[0], w_rows // 2 if gate_up else w_rows, k, out.stride(0), w_rows,
     )  # fmt: skip
-    meta = {
-        "N_EXPERTS": n_experts, "EXPERTS_POW2": triton.next_power_of_2(n_experts),
-        "LARGE_FROM": large_from, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m, "PROGRAMS": programs,
-        "FLATTEN": flatten, "GATE_UP": gate_up,
-        "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
-    }  # fmt: skip
+    meta = kernel_constants(cfg, flatten, n_experts, gate_up, programs, large_from)
+    meta |= {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
     def run() -> None:
         # The kernel writes its descriptors to a little global memory that Triton asks its
