@@ -1,13 +1,17 @@
 """The Triton grouped GEMM ops alone at the prefill shapes: the persistent TMA tile's candidates
-(the committed one marked) against the 128-row pointer tile and ``torch._grouped_mm``, on one GPU.
+(the committed one marked) against the 128-row pointer tile and ``torch._grouped_mm``, on one GPU;
+with ``--gather``, the row gather that feeds the persistent gate_up against ``x[rows]``.
 
     python3 benchmarks/moe_prefill_tiles.py                  # three shapes, 4096 tokens, bf16
     python3 benchmarks/moe_prefill_tiles.py --shapes Mixtral-8x7B --json
+    python3 benchmarks/moe_prefill_tiles.py --gather
 
 Each op launches all of its tiles, as in a block (those not meant for the row count return at
 once), so a row's time includes those idle launches and, for gate_up on the persistent tile,
 the gather of ``x[rows]`` it needs. ``_grouped_mm`` gets its rows gathered beforehand and
 computes the bare products (no SiLU, no weight, no scatter): a floor for what its path costs.
+A dense cuBLAS product with the same flops (every row against the first expert's weights) is the
+ceiling a grouped GEMM is read against.
 Tokens are routed to ``top_k`` uniformly random experts; ``triton.testing.do_bench`` medians with
 the L2 flushed.
 """
@@ -25,6 +29,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compile_ops.moe import triton_grouped_gemm as tg
+from compile_ops.moe import triton_tma_gemm as ttg
 from compile_ops.moe.experts import group_pairs
 
 SHAPES = {  # experts, hidden, intermediate, top-k
@@ -39,6 +44,8 @@ CANDIDATES = {
     "down": [((128, 256, 64, 8, 8, 4), True), ((128, 256, 64, 8, 8, 4), False),
              ((128, 256, 64, 16, 8, 4), True), ((128, 256, 32, 8, 8, 6), True)],
 }  # fmt: skip
+# gather_rows_kernel's (rows, columns) per program; (1, 1024) is the former one row a program
+GATHER_TILES = [(1, 1024), (4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512)]
 
 
 def _case(experts: int, hidden: int, inter: int, k: int, tokens: int):
@@ -71,6 +78,8 @@ def shape_rows(name: str, tokens: int) -> list[dict]:
         "down": lambda: torch._grouped_mm(act, down.transpose(-2, -1), offs=ends),
     }
     flops = {"gate_up": 2 * pairs * 2 * inter * hidden, "down": 2 * pairs * hidden * inter}
+    # [pairs, K] @ [K, n]: the grouped products' flops as one dense product
+    ceilings = {"gate_up": lambda: gathered @ gate_up[0].T, "down": lambda: act @ down[0].T}
     committed, persistent_for = dict(tg.PERSISTENT_CONFIGS), tg.persistent_for
     out = []
 
@@ -81,6 +90,7 @@ def shape_rows(name: str, tokens: int) -> list[dict]:
 
     for kernel, candidates in CANDIDATES.items():
         row(kernel, "_grouped_mm (bare products)", floors[kernel])
+        row(kernel, "dense cuBLAS, same flops", ceilings[kernel])
         tg.persistent_for = lambda _x: None
         row(kernel, "pointer 128-row", ops[kernel])
         tg.persistent_for = persistent_for
@@ -98,20 +108,50 @@ def shape_rows(name: str, tokens: int) -> list[dict]:
     return out
 
 
+def gather_rows(name: str, tokens: int) -> list[dict]:
+    """gather_rows' tiles against ``x[rows]`` (aten's index, eager), bytes read and written."""
+    experts, hidden, inter, k = SHAPES[name]
+    x, _, _, rows, ends, *_ = _case(experts, hidden, inter, k, tokens)
+    moved = 2 * (rows.shape[0] + 1) * hidden * x.element_size()
+    out = []
+
+    def row(tile: str, fn, **extra) -> None:
+        ms = _time(fn)
+        out.append({"shape": name, "tokens": tokens, "kernel": "gather", "tile": tile, "ms": ms,
+                    "tb_per_s": moved / ms / 1e9, **extra})  # fmt: skip
+
+    row("x[rows] (aten)", lambda: x[rows])
+    committed, want = ttg.GATHER_TILE, x[rows]
+    for tile in GATHER_TILES:
+        ttg.GATHER_TILE = tile
+        got = ttg.gather_rows(ttg.gather_rows_kernel, x, rows, ends, tg.LARGE_FROM_ROWS_PER_EXPERT)
+        assert torch.equal(got[:-1], want) and not got[-1].any(), tile
+        fn = lambda: ttg.gather_rows(  # noqa: E731
+            ttg.gather_rows_kernel, x, rows, ends, tg.LARGE_FROM_ROWS_PER_EXPERT
+        )
+        row(f"gather_rows {tile[0]}x{tile[1]}", fn, committed=tile == committed)
+    ttg.GATHER_TILE = committed
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--gather", action="store_true", help="time the row gather's tiles")
     args = parser.parse_args(argv)
     rows = []
     for name in args.shapes.split(","):
-        for r in shape_rows(name, args.tokens):
+        for r in (gather_rows if args.gather else shape_rows)(name, args.tokens):
             rows.append(r)
             if not args.json:
                 mark = "  (committed)" if r.get("committed") else ""
+                rate = (
+                    f"{r['tflops']:4.0f} TFLOP/s" if "tflops" in r else f"{r['tb_per_s']:.2f} TB/s"
+                )
                 print(f"{name:18} {r['kernel']:8} {r['tile']:34} {r['ms']:.3f} ms  "
-                      f"{r['tflops']:4.0f} TFLOP/s{mark}", flush=True)  # fmt: skip
+                      f"{rate}{mark}", flush=True)  # fmt: skip
     if args.json:
         info = {"torch": torch.__version__, "triton": triton.__version__}
         print(json.dumps(info | {"gpu": torch.cuda.get_device_name(), "rows": rows}))

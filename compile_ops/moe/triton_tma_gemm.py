@@ -94,20 +94,31 @@ def persistent_grouped_gemm_kernel(
 
 @triton.jit
 def gather_rows_kernel(
-    x_ptr, rows_ptr, ends_ptr, out_ptr, R, H, stride_x,
-    N_EXPERTS: tl.constexpr, LARGE_FROM: tl.constexpr, BLOCK_H: tl.constexpr,
+    x_ptr, rows_ptr, ends_ptr, out_ptr, P, R, H, stride_x,
+    N_EXPERTS: tl.constexpr, LARGE_FROM: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    """``out[p] = x[rows[p]]``, zeros where ``rows[p]`` is ``R`` or more: one program a row.
+    """``out[p] = x[rows[p]]`` for ``p < P``, and zeros for ``p == P`` (or where ``rows[p]`` is
+    ``R`` or more): BLOCK_P rows a program, so each moves wide tiles rather than one short row.
     Below ``LARGE_FROM`` rows per expert the persistent kernel returns at once, and so does
     this one: the few-rows tile gathers its own rows."""
     if not many_rows(ends_ptr, N_EXPERTS, LARGE_FROM):
         return
-    p = tl.program_id(0).to(tl.int64)
-    row = tl.load(rows_ptr + p)
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    row = tl.load(rows_ptr + p, mask=p < P, other=R)
+    read, write = (row < R)[:, None], (p <= P)[:, None]
     for h0 in range(0, H, BLOCK_H):
         cols = h0 + tl.arange(0, BLOCK_H)
-        values = tl.load(x_ptr + row * stride_x + cols, mask=(cols < H) & (row < R), other=0.0)
-        tl.store(out_ptr + p * H + cols, values, mask=cols < H)
+        in_cols = (cols < H)[None, :]
+        values = tl.load(
+            x_ptr + row[:, None] * stride_x + cols[None, :], mask=read & in_cols, other=0.0
+        )
+        tl.store(out_ptr + p[:, None] * H + cols[None, :], values, mask=write & in_cols)
+
+
+# (rows, columns) a program of gather_rows_kernel moves per step, from a sweep on an H200 at the
+# prefill shapes (benchmarks/moe_prefill_tiles.py --gather).
+GATHER_TILE = (16, 256)
 
 
 def gather_rows(kernel, x: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor, large_from):
@@ -116,10 +127,10 @@ def gather_rows(kernel, x: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor,
     coalesced pass with ``kernel`` (``gather_rows_kernel``, wrapped for tracing or not):
     Inductor's own fused gather of these rows ran 3-4x slower at prefill (torch 2.11)."""
     out = x.new_empty((rows.shape[0] + 1, x.shape[1]))
-    padded = torch.cat([rows, rows.new_full((1,), x.shape[0])])
-    kernel[(padded.shape[0],)](
-        x, padded, ends, out, x.shape[0], x.shape[1], x.stride(0),
-        N_EXPERTS=ends.shape[0], LARGE_FROM=large_from, BLOCK_H=1024,
+    block_p, block_h = GATHER_TILE
+    kernel[(triton.cdiv(out.shape[0], block_p),)](
+        x, rows, ends, out, rows.shape[0], x.shape[0], x.shape[1], x.stride(0),
+        N_EXPERTS=ends.shape[0], LARGE_FROM=large_from, BLOCK_P=block_p, BLOCK_H=block_h,
     )  # fmt: skip
     return out
 
