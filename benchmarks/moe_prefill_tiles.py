@@ -40,9 +40,13 @@ SHAPES = {  # experts, hidden, intermediate, top-k
 # (block_m, block_n, block_k, group_m, warps, stages), flatten
 CANDIDATES = {
     "gate_up": [((128, 128, 64, 8, 8, 4), False), ((128, 128, 64, 16, 8, 4), False),
-                ((128, 128, 32, 8, 8, 6), False), ((128, 128, 64, 8, 8, 3), False)],
+                ((128, 128, 32, 8, 8, 6), False), ((128, 128, 64, 8, 8, 3), False),
+                ((64, 128, 64, 8, 4, 4), False), ((64, 256, 64, 8, 8, 3), False),
+                ((64, 128, 64, 8, 4, 5), False)],
     "down": [((128, 256, 64, 8, 8, 4), True), ((128, 256, 64, 8, 8, 4), False),
-             ((128, 256, 64, 16, 8, 4), True), ((128, 256, 32, 8, 8, 6), True)],
+             ((128, 256, 64, 16, 8, 4), True), ((128, 256, 32, 8, 8, 6), True),
+             ((64, 256, 64, 8, 4, 4), True), ((64, 256, 64, 8, 8, 4), True),
+             ((64, 128, 64, 8, 4, 6), True)],
 }  # fmt: skip
 # gather_rows_kernel's (rows, columns) per program; (1, 1024) is the former one row a program
 GATHER_TILES = [(1, 1024), (4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512)]
@@ -96,7 +100,7 @@ def shape_rows(name: str, tokens: int) -> list[dict]:
         tg.persistent_for = persistent_for
         for cfg, flatten in candidates:
             tg.PERSISTENT_CONFIGS[kernel] = (tg.TileConfig(*cfg), flatten)
-            tile = "persistent " + "x".join(map(str, cfg[:3])) + f" g{cfg[3]} s{cfg[5]}"
+            tile = "persistent " + "x".join(map(str, cfg[:3])) + f" g{cfg[3]} w{cfg[4]} s{cfg[5]}"
             tile += " flat" * flatten
             row(
                 kernel,
