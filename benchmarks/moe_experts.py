@@ -7,6 +7,7 @@ manager) for each ``experts_impl``, against a plain sort + ``torch._grouped_mm``
     python3 benchmarks/moe_experts.py --sweep          # Triton tile sweep first; table with winners
     python3 benchmarks/moe_experts.py --quick          # one small shape (a smoke run)
     python3 benchmarks/moe_experts.py --rounds 3       # every candidate timed 3x, interleaved
+    python3 benchmarks/moe_experts.py --graphs         # device time: CUDA graph replays
 
 Routing is Mixtral's (softmax, top-k, renormalised) for every shape, bfloat16. "Useful" counts
 only routed work: ``2 * T * k * 3 * H * I`` flops. Activation memory is the peak allocated during
@@ -15,7 +16,11 @@ one call minus what was allocated before it (weights, input), against the bound
 The ``dense ceiling`` row is two cuBLAS products with the useful flops of the experts (every pair
 against the first expert's weights), and nothing else: a grouped GEMM runs no faster than a
 dense one, so no block can beat it. With ``--rounds N`` every candidate is timed N times,
-round-robin, and the row gives the median and the spread of the rounds.
+round-robin, and the row gives the median and the spread of the rounds. A compiled block launches
+its kernels from Python; where that takes longer than the kernels run (few tokens, and up to about
+1 ms of device time per call on the machine of docs/benchmarks.md), a launched call times the host.
+``--graphs`` times replays of a CUDA graph of the calls instead (``do_bench_cudagraph``, no L2
+flush): the device time alone, as a served model that captures its steps sees it.
 """
 
 from __future__ import annotations
@@ -130,11 +135,13 @@ def transformers_block(config: MoEConfig, w: MoEWeights, gate_up: torch.Tensor):
     return block.eval()
 
 
-def bench(fn, x, device) -> float:
-    """Median milliseconds of ``fn(x)``."""
+def bench(fn, x, device, graphs: bool = False) -> float:
+    """Median milliseconds of ``fn(x)``, launched or (``graphs``) replayed from a CUDA graph."""
     if device.type == "cuda":
         import triton
 
+        if graphs:
+            return triton.testing.do_bench_cudagraph(lambda: fn(x), rep=100, return_mode="median")
         return triton.testing.do_bench(lambda: fn(x), warmup=25, rep=100, return_mode="median")
     times = []
     for _ in range(5):
@@ -218,7 +225,7 @@ def profile(fns: dict, x, where: str, out_path: str) -> None:
 
 
 def measure_shape(
-    name, shape, tokens_list, device, impls, profile_at=(), profile_out=None, rounds=1
+    name, shape, tokens_list, device, impls, profile_at=(), profile_out=None, rounds=1, graphs=False
 ):
     hidden, inter, experts, k = shape
     config = MoEConfig(hidden=hidden, intermediate=inter, experts=experts, top_k=k)
@@ -247,8 +254,12 @@ def measure_shape(
         for _ in range(rounds):  # round-robin: a slow spell of the card hits every candidate
             for label, fn in fns.items():
                 if "error" not in here[label]:
-                    with torch._dynamo.config.patch(capture_scalar_outputs=True):
-                        here[label].setdefault("ms_rounds", []).append(bench(fn, x, device))
+                    try:
+                        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+                            ms = bench(fn, x, device, graphs)
+                        here[label].setdefault("ms_rounds", []).append(ms)
+                    except Exception as e:  # e.g. a host read that a graph cannot capture
+                        here[label]["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         for row in here.values():
             if "ms_rounds" in row:
                 row["ms"] = statistics.median(row["ms_rounds"])
@@ -340,6 +351,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts")
     parser.add_argument("--json", help="write the rows (and the environment) here")
     parser.add_argument("--rounds", type=int, default=1, help="timings per candidate (median)")
+    parser.add_argument("--graphs", action="store_true", help="time CUDA graph replays")
     parser.add_argument(
         "--profile",
         default="",
@@ -356,7 +368,7 @@ def main(argv=None) -> int:
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1
     )
-    env = environment(device)
+    env = environment(device) | {"timing": "graph replays" if args.graphs else "launched"}
     print(json.dumps(env), flush=True)
     sweep = None
     if args.sweep and "triton" in impls:
@@ -376,6 +388,7 @@ def main(argv=None) -> int:
             args.profile.split(","),
             args.profile_out,
             args.rounds,
+            args.graphs,
         )
     add_ratios(rows)
     print(table(rows))
