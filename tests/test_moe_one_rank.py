@@ -40,3 +40,14 @@ def test_eager_block_runs_collectives_only_with_more_than_one_rank(world, world_
             where = f"rank {rank} of {world_size}: {manager}, max_tokens_per_rank={capacity}"
             torch.testing.assert_close(out, want, **TOL[torch.float32], msg=where)
             assert (called == []) == (world_size == 1), f"{where}: {called}"
+
+
+def test_one_rank_block_adds_no_op_to_its_expert_stage(world):
+    """At one rank the agrs manager moves nothing, so the compiled block is its expert stage:
+    the same ATen ops, none added (packing the routing for a move that never happens added a
+    cat and casts, two more kernels a call)."""
+    from helpers.moe_one_rank_workers import block_and_stage_ops
+
+    (found,) = world(1).run(block_and_stage_ops, "portable")
+    extra = {op: n - found["stage"].get(op, 0) for op, n in found["block"].items()}
+    assert {op: n for op, n in extra.items() if n > 0} == {}, found

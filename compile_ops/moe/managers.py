@@ -141,6 +141,8 @@ class AgRsManager(All2AllManager):
 
     def dispatch(self, x, topk_ids, topk_weights):
         sizes = self.comm.token_counts(x.shape[0], x.device)
+        if self.comm.size == 1:  # nothing moves, so the routing is not packed for the move
+            return Dispatched(x, topk_ids, topk_weights, (sizes,))
         routing = pack_routing(topk_ids, topk_weights)
         return _unpack_routing(
             self.comm.all_gatherv(x, sizes), self.comm.all_gatherv(routing, sizes), (sizes,)

@@ -97,3 +97,40 @@ def eager_collectives(managers: list[str], capacities: list[int | None]):
             want = ref(torch.cat(xs))[start : start + counts[rank]]
             results[(manager, capacity)] = (sorted(set(mode.called)), out, want)
     return results
+
+
+def block_and_stage_ops(impl: str) -> dict:
+    """The ATen ops (name -> count) of the compiled one-rank block (EP, agrs) and of what it
+    computes without a manager: routing, ``local_experts`` (as benchmarks/moe_experts.py times
+    it) and the shared expert."""
+    from collections import Counter
+
+    from compile_ops.moe import compute
+
+    block = ShardedMoEBlock(
+        CONFIG, MoEWeights.random(CONFIG, seed=7), one_rank_layout("ep"), "agrs", experts_impl=impl
+    )
+
+    def stage(x):
+        weights, ids = compute.route(x, block.router, block.config)
+        y, _ = compute.local_experts(
+            x, ids, weights, block.expert_ids, block.gate_up, block.down, block.experts_impl
+        )
+        shared = compute.shared_expert(x, block)
+        return y.to(x.dtype) if shared is None else y.to(x.dtype) + shared
+
+    found = {}
+    for name, fn in (("block", block), ("stage", stage)):
+        recorder = GraphRecorder()
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+            (x,) = tokens([9], torch.float32, 0)
+            torch.compile(fn, backend=recorder, fullgraph=True)(mark_token_dim(x))
+        ops = Counter(
+            str(node.target)
+            for gm in recorder.aten
+            for node in gm.graph.nodes
+            if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+        )
+        found[name] = dict(ops)
+    return found
