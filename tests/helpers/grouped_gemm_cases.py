@@ -24,6 +24,8 @@ CASES = [
     ([96, 96, 96, 96], (HIDDEN, INTER)),  # exactly at the switch: the 128-row tile runs
     ([100, 150, 0, 140], (HIDDEN, INTER)),
     ([100, 120], WIDE),  # many rows in 2 row tiles (at most 4 launched): fewer than a group (8)
+    # last tiles of 65, 64 and 64 rows: a tile of half the rows would hold all but one of them
+    ([193, 192, 64], (HIDDEN, INTER)),
 ]
 PADDING = 17
 
