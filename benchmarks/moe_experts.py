@@ -8,6 +8,7 @@ manager) for each ``experts_impl``, against a plain sort + ``torch._grouped_mm``
     python3 benchmarks/moe_experts.py --quick          # one small shape (a smoke run)
     python3 benchmarks/moe_experts.py --rounds 3       # every candidate timed 3x, interleaved
     python3 benchmarks/moe_experts.py --graphs         # device time: CUDA graph replays
+    python3 benchmarks/moe_experts.py --from RUN.json --plot moe.png   # a saved run, drawn
 
 Routing is Mixtral's (softmax, top-k, renormalised) for every shape, bfloat16. "Useful" counts
 only routed work: ``2 * T * k * 3 * H * I`` flops. Activation memory is the peak allocated during
@@ -298,9 +299,9 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['shape']} | {r['tokens']} | {r['impl']} | {r['error']} |||||||")
             continue
-        spread = ""
-        if len(r["ms_rounds"]) > 1:
-            spread = f" ({min(r['ms_rounds']):.3f}-{max(r['ms_rounds']):.3f})"
+        spread, rounds = "", r.get("ms_rounds", [])
+        if len(rounds) > 1:
+            spread = f" ({min(rounds):.3f}-{max(rounds):.3f})"
         memory = "-"
         if "act_bytes" in r:
             memory = f"{r['act_bytes'] / 2**20:.0f} ({r['act_ratio']:.2f})"
@@ -314,6 +315,46 @@ def table(rows: list[dict]) -> str:
 
 def _fmt(row: dict, key: str) -> str:
     return f"{row[key]:.2f}" if key in row else "-"
+
+
+def plot(rows: list[dict], env: dict, path: str) -> None:
+    """One panel per shape: each candidate's time over the reference's at each token count (below
+    1 is faster), the dense ceiling among them."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "moe_experts.py --plot needs matplotlib: pip install 'compile-ops[plot]'"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in rows if "vs_ref" in r and r["impl"] != "sort+_grouped_mm"]
+    shapes = list(dict.fromkeys(r["shape"] for r in timed))
+    impls = list(dict.fromkeys(r["impl"] for r in timed))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4.2), squeeze=False)
+    width = 0.8 / len(impls)
+    for ax, shape in zip(axes[0], shapes, strict=True):
+        tokens = sorted({r["tokens"] for r in timed if r["shape"] == shape})
+        for i, impl in enumerate(impls):
+            by = {
+                r["tokens"]: r["vs_ref"] for r in timed if (r["shape"], r["impl"]) == (shape, impl)
+            }
+            xs = [t + (i - (len(impls) - 1) / 2) * width for t in range(len(tokens))]
+            ax.bar(xs, [by.get(t, 0.0) for t in tokens], width, label=impl)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(tokens)), [str(t) for t in tokens])
+        ax.set_xlabel("tokens")
+        ax.set_title(shape)
+    axes[0][0].set_ylabel("time / sort + _grouped_mm (log; lower is faster)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(impls), fontsize=8)
+    about = ", ".join(str(env[k]) for k in ("gpu", "torch", "timing", "date") if env.get(k))
+    fig.suptitle(f"MoE expert compute ({about})", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def matmul_ceiling(device) -> float:
@@ -358,7 +399,16 @@ def main(argv=None) -> int:
         help="SHAPE:TOKENS,... to profile (kernel tables appended to --profile-out)",
     )
     parser.add_argument("--profile-out", default="moe_experts_profile.txt")
+    parser.add_argument("--plot", metavar="FILE", help="draw the ratios to FILE.png")
+    parser.add_argument("--from", dest="saved", metavar="JSON", help="a saved run (--json)")
     args = parser.parse_args(argv)
+    if args.saved:
+        with open(args.saved) as f:
+            saved = json.load(f)
+        print(table(saved["rows"]))
+        if args.plot:
+            plot(saved["rows"], saved["environment"], args.plot)
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = QUICK if args.quick else SHAPES
     impls = [i for i in args.impls.split(",") if i]
@@ -369,6 +419,7 @@ def main(argv=None) -> int:
         "nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1
     )
     env = environment(device) | {"timing": "graph replays" if args.graphs else "launched"}
+    env["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     print(json.dumps(env), flush=True)
     sweep = None
     if args.sweep and "triton" in impls:
@@ -395,6 +446,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rows": rows, "sweep": sweep}, f, indent=1)
+    if args.plot:
+        plot(rows, env, args.plot)
     dist.destroy_process_group()
     return 0
 

@@ -323,3 +323,22 @@ def test_persistent_tile_only_where_the_copy_engine_can_address_the_rows():
         assert not ttg.tma_ready(torch.empty(70, dtype=torch.bfloat16)[3:67])
     assert not ttg.supported(torch.device("cpu"))
     assert tg.persistent_for(aligned) is None  # on the CPU
+
+
+def test_benchmark_reports_and_plots_a_saved_run(tmp_path, capsys):
+    """``benchmarks/moe_experts.py --from RUN.json --plot FILE.png`` on a committed run: the
+    table has every row of the run, and the plot is a PNG."""
+    pytest.importorskip("matplotlib")
+    import json
+    import pathlib
+
+    from helpers.moe_workers import benchmark_script
+
+    run = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    run = run / "2026-11-30-h200-moe-experts-graphs.json"
+    png = tmp_path / "moe.png"
+    assert benchmark_script("moe_experts").main(["--from", str(run), "--plot", str(png)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 2 + len(json.loads(run.read_text())["rows"])
+    assert any("| dense ceiling |" in line for line in lines)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
