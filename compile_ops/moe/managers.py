@@ -53,6 +53,15 @@ def _unpack_routing(x: torch.Tensor, routing: torch.Tensor, state=()) -> Dispatc
     return Dispatched(x, routing[:, :k].to(torch.int64), routing[:, k:], tuple(state))
 
 
+def _moved(comm: GroupComm, move, x, topk_ids, topk_weights, state) -> Dispatched:
+    """``move`` (rows of a ``[T, ...]`` tensor to where the experts are) applied to the tokens
+    and to their routing. The ids and weights travel packed as one tensor, one collective for
+    both; on a one-rank group nothing travels, so they are not packed."""
+    if comm.size == 1:
+        return Dispatched(move(x), move(topk_ids), move(topk_weights), tuple(state))
+    return _unpack_routing(move(x), move(pack_routing(topk_ids, topk_weights)), state)
+
+
 class All2AllManager(torch.nn.Module, abc.ABC):
     """Base of the managers: binds the layout's group; subclasses state ``name`` and
     ``output_is_reduced`` (checked when the class is defined) and implement ``dispatch`` and
@@ -117,13 +126,11 @@ class NaiveManager(All2AllManager):
             longest = torch.sym_max(longest, s)
         torch._check(longest >= n_tokens)
         pad = longest - n_tokens
-        x = torch.cat([x, x.new_zeros((pad, x.shape[1]))])
-        routing = pack_routing(topk_ids, topk_weights)
-        # Padding rows have weight 0: they reach no expert.
-        routing = torch.cat([routing, routing.new_zeros((pad, routing.shape[1]))])
-        return _unpack_routing(
-            self.comm.all_gather(x), self.comm.all_gather(routing), (longest, n_tokens)
-        )
+
+        def move(t):  # padding rows have weight 0: they reach no expert
+            return self.comm.all_gather(torch.cat([t, t.new_zeros((pad, t.shape[1]))]))
+
+        return _moved(self.comm, move, x, topk_ids, topk_weights, (longest, n_tokens))
 
     def combine(self, y, d):
         return y
@@ -141,12 +148,11 @@ class AgRsManager(All2AllManager):
 
     def dispatch(self, x, topk_ids, topk_weights):
         sizes = self.comm.token_counts(x.shape[0], x.device)
-        if self.comm.size == 1:  # nothing moves, so the routing is not packed for the move
-            return Dispatched(x, topk_ids, topk_weights, (sizes,))
-        routing = pack_routing(topk_ids, topk_weights)
-        return _unpack_routing(
-            self.comm.all_gatherv(x, sizes), self.comm.all_gatherv(routing, sizes), (sizes,)
-        )
+
+        def move(t):
+            return self.comm.all_gatherv(t, sizes)
+
+        return _moved(self.comm, move, x, topk_ids, topk_weights, (sizes,))
 
     def combine(self, y, d):
         (sizes,) = d.state
@@ -183,12 +189,11 @@ class AllToAllManager(All2AllManager):
         skipped = (~wanted).t().reshape(-1).to(torch.int8)
         order = torch.argsort(skipped, stable=True).narrow(0, 0, total)
         token = order % n_tokens
-        routing = pack_routing(topk_ids, topk_weights)
-        return _unpack_routing(
-            self.comm.all_to_all(x[token], recv, send),
-            self.comm.all_to_all(routing[token], recv, send),
-            (send, recv, token, n_tokens),
-        )
+
+        def move(t):
+            return self.comm.all_to_all(t[token], recv, send)
+
+        return _moved(self.comm, move, x, topk_ids, topk_weights, (send, recv, token, n_tokens))
 
     def combine(self, y, d):
         send, recv, token, n_tokens = d.state
