@@ -242,6 +242,51 @@ def test_gpu_triton_ops_pass_opcheck():
 
 
 @pytest.mark.gpu
+def test_gpu_16_bit_router_product_accumulates_in_float32_without_a_copy():
+    """A bfloat16 router on CUDA multiplies in bfloat16 with a float32 result: no float32 copy
+    of the tokens, and the experts and weights of the float32 product (Qwen1.5-MoE's sizes)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func)
+            return func(*args, **(kwargs or {}))
+
+    config = MoEConfig(hidden=2048, intermediate=64, experts=60, top_k=4)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(512, 2048, device="cuda", generator=g).bfloat16()
+    router = (torch.randn(60, 2048, device="cuda", generator=g) / 45).bfloat16()
+    with Ops() as ops:
+        weights, ids = compute.route(x, router, config)
+    assert torch.ops.aten.mm.dtype in ops.seen, ops.seen
+    assert torch.ops.aten._to_copy.default not in ops.seen, ops.seen
+    scores = torch.nn.functional.linear(x.float(), router.float()).softmax(-1)
+    top = scores.topk(5, dim=-1)
+    clear = top.values[:, 3] - top.values[:, 4] > 1e-5  # no near-tie for the last expert
+    assert clear.float().mean() > 0.9
+    assert torch.equal(ids[clear], top.indices[clear, :4])
+    want = top.values[:, :4] / top.values[:, :4].sum(-1, keepdim=True)
+    torch.testing.assert_close(weights[clear], want[clear], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_triton_grouping_is_the_stable_sort_eager_and_compiled():
+    from helpers import group_pairs_cases
+
+    from compile_ops.moe import triton_group_pairs as tgp
+
+    compiled = torch.compile(tgp.group_pairs, fullgraph=True, dynamic=True)
+    for run in (tgp.group_pairs, compiled):
+        assert group_pairs_cases.mismatches(run, "cuda") == []
+    args = group_pairs_cases.inputs(group_pairs_cases.CASES[3], "cuda")
+    torch.library.opcheck(torch.ops.compile_ops_moe.group_pairs, args)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
 def test_gpu_sharded_block_each_impl(world, impl, dtype):
     results = world(1, "nccl").run(
@@ -264,6 +309,19 @@ def test_triton_kernel_matches_torch_in_triton_interpreter():
 
     out = run_interpreted("grouped_gemm_cases")
     assert f"{len(grouped_gemm_cases.CASES)} cases equal" in out
+
+
+def test_triton_grouping_is_the_stable_sort_in_triton_interpreter():
+    """The Triton path's counting sort on a CPU (Triton's interpreter): at every sorted position
+    the same pair, token row and weight as ``group_pairs``' stable sort, and the same group
+    ends, from no pairs to many chunks. Counting a chunk's equal keys after a pair instead of
+    before it, or reading a group end from the first chunk instead of the last, fails here."""
+    pytest.importorskip("triton")
+    from helpers import group_pairs_cases
+    from helpers.moe_workers import run_interpreted
+
+    out = run_interpreted("group_pairs_cases")
+    assert f"{len(group_pairs_cases.CASES)} cases equal" in out
 
 
 def test_triton_kernel_compiles_for_hopper_in_both_roles():

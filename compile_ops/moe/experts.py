@@ -12,7 +12,8 @@ nothing is ever ``[rows, local experts, ...]``.
 
 Three implementations (``EXPERTS_IMPLS``), one choice per block (``experts_impl=``):
 
-* ``"triton"``: two Triton kernels (triton_grouped_gemm.py) that gather the rows in the
+* ``"triton"``: the pairs grouped by a Triton counting sort (triton_group_pairs.py, the same
+  order), then two Triton kernels (triton_grouped_gemm.py) that gather the rows in the
   prologue, apply SiLU-and-multiply (gate_up) or the routing weight (down) in the epilogue.
 * ``"grouped_mm"``: ``torch._grouped_mm`` (bfloat16; CUDA and CPU), glue compiled by Inductor.
 * ``"portable"``: any device and dtype; a custom op multiplies group by group, reading the
@@ -50,13 +51,19 @@ def group_pairs(ids: torch.Tensor, first_expert: torch.Tensor, n_local: int) -> 
     outside ``[0, n_local)`` (other ranks' experts, padding ids such as -1) sort last and
     belong to no group."""
     local = ids.reshape(-1) - first_expert
-    valid = (local >= 0) & (local < n_local)
+    valid = routed_here(ids, first_expert, n_local).reshape(-1)
     # The narrowest key type: a radix sort makes one pass per key byte (8 for int64).
     key = torch.where(valid, local, n_local).to(_key_dtype(n_local))
     sorted_key, order = torch.sort(key, stable=True)
     bounds = torch.arange(n_local, device=ids.device, dtype=sorted_key.dtype)
     ends = torch.searchsorted(sorted_key, bounds, right=True, out_int32=True)
     return Grouping(order, ends, valid)
+
+
+def routed_here(ids: torch.Tensor, first_expert: torch.Tensor, n_local: int) -> torch.Tensor:
+    """Whether each pair of ``ids`` goes to one of this rank's ``n_local`` experts."""
+    local = ids - first_expert
+    return (local >= 0) & (local < n_local)
 
 
 def _key_dtype(n_local: int) -> torch.dtype:
@@ -90,17 +97,20 @@ def local_experts(
     if impl is None:
         impl = resolve_experts_impl(gate_up.device, gate_up.dtype)
     rows, k = ids.shape
-    g = group_pairs(ids, expert_ids[0], expert_ids.shape[0])
-    valid = g.valid.view(rows, k)
+    first, n_local = expert_ids[0], expert_ids.shape[0]
+    valid = routed_here(ids, first, n_local)
     if impl == "triton":
-        from . import triton_grouped_gemm as tg  # needs triton; imported where it is used
+        # needs triton; imported where it is used
+        from . import triton_group_pairs as tgp
+        from . import triton_grouped_gemm as tg
 
-        act = tg.gate_up_silu(x, g.order // k, gate_up, g.ends)
-        scale = weights.reshape(-1).float()[g.order]
-        pair_out = tg.down_scatter(act, down, g.ends, g.order, scale)  # weighted, pair order
+        token_rows, pairs, scale, ends = tgp.group_pairs(ids, first, weights, n_local)
+        act = tg.gate_up_silu(x, token_rows, gate_up, ends)
+        pair_out = tg.down_scatter(act, down, ends, pairs, scale)  # weighted, pair order
         slots = pair_out.view(rows, k, pair_out.shape[-1])
         slot_out = [slots[:, j].float() for j in range(k)]
     else:
+        g = group_pairs(ids, first, n_local)
         gmm = _grouped_mm if impl == "grouped_mm" else torch.ops.compile_ops_moe.grouped_mm
         h = gmm(_gather_rows(x, g.order // k), gate_up, g.ends)
         inter = h.shape[-1] // 2
@@ -201,7 +211,8 @@ def check_experts_impl(impl: str, device: torch.device | str, dtype: torch.dtype
             f"CPU (torch._grouped_mm); the weights are {dtype} on {device}"
         )
     if impl == "triton":
-        from . import triton_grouped_gemm  # noqa: F401  (defines the ops before any trace)
+        # define the ops before any trace
+        from . import triton_group_pairs, triton_grouped_gemm  # noqa: F401
     return impl
 
 

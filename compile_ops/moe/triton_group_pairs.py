@@ -1,0 +1,137 @@
+"""The routed pairs grouped by local expert in two Triton launches: the Triton path's grouping.
+
+The result is the stable sort of experts.group_pairs, as a counting sort: the pairs are cut in
+chunks of ``BLOCK`` (in pair order); the first launch counts each chunk's pairs per key (the local
+expert, or ``n_local`` for a pair routed elsewhere), one running sum over the counts laid out key
+by key gives where each (key, chunk) starts, and the second launch places every pair at its start
+plus the number of earlier pairs of its chunk with the same key, and writes the group ends. It
+writes what the grouped GEMMs
+read at each sorted position, the token row, the pair and its routing weight, so the gathers that
+would follow a sort are part of the placing.
+
+Written with torch ops the same grouping is a key kernel, a radix sort (one to nine launches with
+its copies and fills), a ``searchsorted`` and three gathers: at decode sizes those launches cost
+more host time than their bytes cost device time. Every shape depends on the pair count alone
+and nothing is read back to the host, so a captured graph serves any routing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+BLOCK = 128  # pairs per program: the rank within a chunk compares every pair with every pair
+NUM_WARPS = 4
+
+
+@triton.jit
+def _keys(ids_ptr, first_ptr, P, N_LOCAL: tl.constexpr, BLOCK: tl.constexpr):
+    """(pairs, in range, sort key) of this program's chunk: the key is the local expert, or
+    N_LOCAL for a pair routed elsewhere (another rank's expert, a padding id)."""
+    pair = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = pair < P
+    local = tl.load(ids_ptr + pair, mask=in_range, other=0) - tl.load(first_ptr)
+    key = tl.where((local >= 0) & (local < N_LOCAL), local, N_LOCAL).to(tl.int32)
+    return pair, in_range, key
+
+
+@triton.jit
+def count_kernel(
+    ids_ptr, first_ptr, counts_ptr, P,
+    N_LOCAL: tl.constexpr, BINS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """``counts[key, chunk]``: this chunk's pairs with each key (laid out key by key, so that
+    one running sum over the whole buffer gives every (key, chunk)'s first sorted position)."""
+    _, in_range, key = _keys(ids_ptr, first_ptr, P, N_LOCAL, BLOCK)
+    counts = tl.histogram(key, BINS, mask=in_range)
+    tl.store(counts_ptr + tl.arange(0, BINS) * tl.num_programs(0) + tl.program_id(0), counts)
+
+
+@triton.jit
+def place_kernel(
+    ids_ptr, first_ptr, weights_ptr, counts_ptr, after_ptr, rows_ptr, pairs_ptr, scale_ptr,
+    ends_ptr, P, TOP_K: tl.constexpr, N_LOCAL: tl.constexpr, BINS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Each pair at its (key, chunk)'s first position plus the chunk's earlier pairs with its
+    key (a stable order): its token row, itself and its routing weight. ``after`` is the running
+    sum of ``counts`` (each (key, chunk)'s last position + 1); program 0 also writes ``ends``."""
+    pair, in_range, key = _keys(ids_ptr, first_ptr, P, N_LOCAL, BLOCK)
+    chunk, chunks = tl.program_id(0), tl.num_programs(0)
+    i = tl.arange(0, BLOCK)
+    earlier = (key[None, :] == key[:, None]) & (i[None, :] < i[:, None])
+    rank = tl.sum(earlier.to(tl.int32), axis=1)
+    cell = key * chunks + chunk
+    first = tl.load(after_ptr + cell, mask=in_range) - tl.load(counts_ptr + cell, mask=in_range)
+    at = first + rank
+    weight = tl.load(weights_ptr + pair, mask=in_range, other=0.0)
+    tl.store(rows_ptr + at, pair // TOP_K, mask=in_range)
+    tl.store(pairs_ptr + at, pair, mask=in_range)
+    tl.store(scale_ptr + at, weight.to(tl.float32), mask=in_range)
+    if chunk == 0:
+        e = tl.arange(0, BINS)
+        ends = tl.load(after_ptr + e * chunks + chunks - 1, mask=e < N_LOCAL)
+        tl.store(ends_ptr + e, ends, mask=e < N_LOCAL)
+
+
+class SortedPairs(NamedTuple):
+    """At sorted position ``s``: ``rows[s]`` the token row, ``pairs[s]`` the pair (``row * k +
+    slot``), ``scale[s]`` its routing weight (float32); ``ends[e]`` (int32, cumulative) closes
+    local expert ``e``'s positions. Pairs routed elsewhere fill the positions past ``ends[-1]``."""
+
+    rows: torch.Tensor
+    pairs: torch.Tensor
+    scale: torch.Tensor
+    ends: torch.Tensor
+
+
+def launch_group_pairs(
+    kernels, ids: torch.Tensor, first_expert: torch.Tensor, weights: torch.Tensor, n_local: int
+) -> SortedPairs:
+    """``group_pairs``'s body with ``kernels`` (count, place) launched as given: wrapped for
+    tracing by the op, or the kernels themselves (Triton's interpreter on a CPU, in the tests)."""
+    count, place = kernels
+    rows, top_k = ids.shape
+    ids, weights = ids.contiguous(), weights.contiguous()
+    first_expert = first_expert.reshape(1)
+    pairs = rows * top_k
+    # One chunk more than needed when ``pairs`` is a multiple of BLOCK (it counts nothing): the
+    # grid is never empty, and ``ends`` is read from the last chunk even with no pairs.
+    chunks = pairs // BLOCK + 1
+    bins = triton.next_power_of_2(n_local + 1)
+    counts = ids.new_empty((bins, chunks), dtype=torch.int32)
+    count[(chunks,)](
+        ids, first_expert, counts, pairs,
+        N_LOCAL=n_local, BINS=bins, BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    after = counts.view(-1).cumsum(0, dtype=torch.int32)
+    out = SortedPairs(
+        ids.new_empty((pairs,)),
+        ids.new_empty((pairs,)),
+        weights.new_empty((pairs,), dtype=torch.float32),
+        counts.new_empty((n_local,)),
+    )
+    place[(chunks,)](
+        ids, first_expert, weights, counts, after, *out, pairs,
+        TOP_K=top_k, N_LOCAL=n_local, BINS=bins, BLOCK=BLOCK, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return out
+
+
+@triton_op("compile_ops_moe::group_pairs", mutates_args=())
+def group_pairs(
+    ids: torch.Tensor, first_expert: torch.Tensor, weights: torch.Tensor, n_local: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, pairs, scale, ends)`` (see ``SortedPairs``) for ``ids`` ``[R, k]`` (int64 global
+    expert ids), ``weights`` ``[R, k]`` and this rank's experts ``first_expert`` (a 0-d int64
+    tensor) ``.. first_expert + n_local - 1``; the order of experts.group_pairs."""
+    return tuple(launch_group_pairs(kernels(), ids, first_expert, weights, n_local))
+
+
+def kernels() -> tuple:
+    """The two launches of ``group_pairs``, wrapped for tracing."""
+    return wrap_triton(count_kernel), wrap_triton(place_kernel)
