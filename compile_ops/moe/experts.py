@@ -51,7 +51,7 @@ def group_pairs(ids: torch.Tensor, first_expert: torch.Tensor, n_local: int) -> 
     outside ``[0, n_local)`` (other ranks' experts, padding ids such as -1) sort last and
     belong to no group."""
     local = ids.reshape(-1) - first_expert
-    valid = routed_here(ids, first_expert, n_local).reshape(-1)
+    valid = routed_here(ids, first_expert, n_local)
     # The narrowest key type: a radix sort makes one pass per key byte (8 for int64).
     key = torch.where(valid, local, n_local).to(_key_dtype(n_local))
     sorted_key, order = torch.sort(key, stable=True)
@@ -61,8 +61,9 @@ def group_pairs(ids: torch.Tensor, first_expert: torch.Tensor, n_local: int) -> 
 
 
 def routed_here(ids: torch.Tensor, first_expert: torch.Tensor, n_local: int) -> torch.Tensor:
-    """Whether each pair of ``ids`` goes to one of this rank's ``n_local`` experts."""
-    local = ids - first_expert
+    """``[P]``: whether each pair of ``ids`` ``[R, k]`` goes to one of this rank's ``n_local``
+    experts ``first_expert ..``."""
+    local = ids.reshape(-1) - first_expert
     return (local >= 0) & (local < n_local)
 
 
@@ -98,19 +99,20 @@ def local_experts(
         impl = resolve_experts_impl(gate_up.device, gate_up.dtype)
     rows, k = ids.shape
     first, n_local = expert_ids[0], expert_ids.shape[0]
-    valid = routed_here(ids, first, n_local)
     if impl == "triton":
         # needs triton; imported where it is used
         from . import triton_group_pairs as tgp
         from . import triton_grouped_gemm as tg
 
         token_rows, pairs, scale, ends = tgp.group_pairs(ids, first, weights, n_local)
+        valid = routed_here(ids, first, n_local)
         act = tg.gate_up_silu(x, token_rows, gate_up, ends)
         pair_out = tg.down_scatter(act, down, ends, pairs, scale)  # weighted, pair order
         slots = pair_out.view(rows, k, pair_out.shape[-1])
         slot_out = [slots[:, j].float() for j in range(k)]
     else:
         g = group_pairs(ids, first, n_local)
+        valid = g.valid
         gmm = _grouped_mm if impl == "grouped_mm" else torch.ops.compile_ops_moe.grouped_mm
         h = gmm(_gather_rows(x, g.order // k), gate_up, g.ends)
         inter = h.shape[-1] // 2
@@ -122,6 +124,7 @@ def local_experts(
         )
         w = weights.float()
         slot_out = [sorted_out[position[:, j]].float() * w[:, j, None] for j in range(k)]
+    valid = valid.view(rows, k)
     # Slot by slot, so that the compiler fuses the gathers and the sum into one kernel with no
     # [P, H] float32 buffer. Rows past the last group are never computed (garbage for
     # _grouped_mm, unwritten for Triton): masked, not multiplied.

@@ -13,15 +13,16 @@ import triton.language as tl
 
 
 @triton.jit
-def expert_tiles(ends_ptr, N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, BLOCK_M):
-    """Vectors over the experts (EXPERTS_POW2 long, empty past N_EXPERTS): each one's first
-    row, row end, row tiles, and the cumulative tile count up to and including it."""
-    e = tl.arange(0, EXPERTS_POW2)
-    real = e < N_EXPERTS
-    end = tl.load(ends_ptr + e, mask=real, other=0)
-    start = tl.load(ends_ptr + e - 1, mask=real & (e > 0), other=0)
-    tiles = tl.where(real, (end - start + BLOCK_M - 1) // BLOCK_M, 0)
-    return start, end, tiles, tl.cumsum(tiles, 0)
+def expert_tiles(start, end, BLOCK_M):
+    """Each expert's row tiles, and the cumulative tile count up to and including it, from the
+    vectors of the experts' first rows and row ends (zero past the last expert).
+
+    The kernels load ``start`` and ``end`` themselves, with ``ends_ptr + e - 1`` and ``ends_ptr
+    + e``: torch's mutation analysis of a traced kernel counts a pointer handed to a helper
+    whose result addresses a store as written, and Inductor would then copy ``ends`` before
+    every launch."""
+    tiles = (end - start + BLOCK_M - 1) // BLOCK_M
+    return tiles, tl.cumsum(tiles, 0)
 
 
 @triton.jit

@@ -29,14 +29,11 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _keys(ids_ptr, first_ptr, P, N_LOCAL: tl.constexpr, BLOCK: tl.constexpr):
-    """(pairs, in range, sort key) of this program's chunk: the key is the local expert, or
-    N_LOCAL for a pair routed elsewhere (another rank's expert, a padding id)."""
-    pair = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    in_range = pair < P
-    local = tl.load(ids_ptr + pair, mask=in_range, other=0) - tl.load(first_ptr)
-    key = tl.where((local >= 0) & (local < N_LOCAL), local, N_LOCAL).to(tl.int32)
-    return pair, in_range, key
+def _key(ids, first, N_LOCAL: tl.constexpr):
+    """The sort key of pairs with global expert ``ids``: the local expert, or N_LOCAL for a pair
+    routed elsewhere (another rank's expert, a padding id)."""
+    local = ids - first
+    return tl.where((local >= 0) & (local < N_LOCAL), local, N_LOCAL).to(tl.int32)
 
 
 @triton.jit
@@ -46,7 +43,9 @@ def count_kernel(
 ):  # fmt: skip
     """``counts[key, chunk]``: this chunk's pairs with each key (laid out key by key, so that
     one running sum over the whole buffer gives every (key, chunk)'s first sorted position)."""
-    _, in_range, key = _keys(ids_ptr, first_ptr, P, N_LOCAL, BLOCK)
+    pair = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = pair < P
+    key = _key(tl.load(ids_ptr + pair, mask=in_range, other=0), tl.load(first_ptr), N_LOCAL)
     counts = tl.histogram(key, BINS, mask=in_range)
     tl.store(counts_ptr + tl.arange(0, BINS) * tl.num_programs(0) + tl.program_id(0), counts)
 
@@ -60,7 +59,10 @@ def place_kernel(
     """Each pair at its (key, chunk)'s first position plus the chunk's earlier pairs with its
     key (a stable order): its token row, itself and its routing weight. ``after`` is the running
     sum of ``counts`` (each (key, chunk)'s last position + 1); program 0 also writes ``ends``."""
-    pair, in_range, key = _keys(ids_ptr, first_ptr, P, N_LOCAL, BLOCK)
+    # The ids are loaded here, not in a helper: see triton_expert_tiles.expert_tiles.
+    pair = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = pair < P
+    key = _key(tl.load(ids_ptr + pair, mask=in_range, other=0), tl.load(first_ptr), N_LOCAL)
     chunk, chunks = tl.program_id(0), tl.num_programs(0)
     i = tl.arange(0, BLOCK)
     earlier = (key[None, :] == key[:, None]) & (i[None, :] < i[:, None])

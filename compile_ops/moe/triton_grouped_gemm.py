@@ -91,24 +91,17 @@ def _not_my_regime(
 
 
 @triton.jit
-def _expert_rows(
-    ends_ptr, pid_m, N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr, BLOCK_M: tl.constexpr
-):
-    """(expert, first row, row end) of row tile ``pid_m``; expert >= N_EXPERTS past the last."""
-    start, end, tiles, tile_end = expert_tiles(ends_ptr, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
-    return tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M)
-
-
-@triton.jit
 def _tile(
-    ends_ptr, num_m, N,
-    N_EXPERTS: tl.constexpr, EXPERTS_POW2: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+    start, end, num_m, N,
+    EXPERTS_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):  # fmt: skip
-    """This program's expert, its rows (sorted positions) and columns, with their masks; the
-    expert is N_EXPERTS (nothing to do) past the last real tile."""
+    """This program's expert, its rows (sorted positions) and columns, with their masks, from
+    the experts' first rows and row ends; the expert is N_EXPERTS or more (nothing to do) past
+    the last real tile."""
     pid_m, pid_n = grouped_order(tl.program_id(0), num_m, tl.cdiv(N, BLOCK_N), GROUP_M)
-    expert, row0, row_end = _expert_rows(ends_ptr, pid_m, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    tiles, tile_end = expert_tiles(start, end, BLOCK_M)
+    expert, row0, row_end = tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M)
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     return expert, offs_m, offs_m < row_end, offs_n, offs_n < N
@@ -149,8 +142,11 @@ def grouped_gemm_kernel(
     and ignores ``dest_ptr``/``scale_ptr``; otherwise the reverse. One prologue finds the tile."""
     if _not_my_regime(ends_ptr, N_EXPERTS, REGIME, LARGE_FROM):
         return
+    e = tl.arange(0, EXPERTS_POW2)  # loaded here, not in a helper: see expert_tiles
+    start = tl.load(ends_ptr + e - 1, mask=(e > 0) & (e < N_EXPERTS), other=0)
+    end = tl.load(ends_ptr + e, mask=e < N_EXPERTS, other=0)
     expert, offs_m, in_rows, offs_n, in_cols = _tile(
-        ends_ptr, num_m, N, N_EXPERTS, EXPERTS_POW2, BLOCK_M, BLOCK_N, GROUP_M
+        start, end, num_m, N, EXPERTS_POW2, BLOCK_M, BLOCK_N, GROUP_M
     )
     if expert >= N_EXPERTS:
         return

@@ -62,7 +62,10 @@ def persistent_grouped_gemm_kernel(
     # Made here, past the return: no descriptor is ever made over an empty tensor.
     a_desc = tl.make_tensor_descriptor(a_ptr, [M, K], [K, 1], [BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, [N_EXPERTS * W_ROWS, K], [K, 1], [BLOCK_N, BLOCK_K])
-    start, end, tiles, tile_end = expert_tiles(ends_ptr, N_EXPERTS, EXPERTS_POW2, BLOCK_M)
+    e = tl.arange(0, EXPERTS_POW2)  # loaded here, not in a helper: see expert_tiles
+    start = tl.load(ends_ptr + e - 1, mask=(e > 0) & (e < N_EXPERTS), other=0)
+    end = tl.load(ends_ptr + e, mask=e < N_EXPERTS, other=0)
+    tiles, tile_end = expert_tiles(start, end, BLOCK_M)
     num_m = tl.sum(tiles, 0)
     num_n = tl.cdiv(N, BLOCK_N)
     for t in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=FLATTEN):
