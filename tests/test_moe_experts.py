@@ -324,6 +324,67 @@ def test_triton_grouping_is_the_stable_sort_in_triton_interpreter():
     assert f"{len(group_pairs_cases.CASES)} cases equal" in out
 
 
+def test_traced_triton_kernels_write_only_their_outputs():
+    """torch's analysis of what each traced Triton kernel of the block writes (the block traced
+    as ``torch.compile`` traces it, its kernels lowered for sm_90 without a GPU) finds only the
+    kernel's outputs. An input it counts as written is copied before every launch (a pointer
+    handed to a helper whose result addresses a store is counted so), and an input with an
+    unbacked size (the routing ids) then fails to compile; both were so before the kernels
+    loaded the group ends and ids themselves."""
+    triton = pytest.importorskip("triton")
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from triton.backends.compiler import GPUTarget
+
+    class Hopper:  # what torch asks of Triton's active driver to lower a kernel
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+    class Traced(Exception):
+        pass
+
+    writes = []
+
+    def record(gm, _):
+        for node in gm.graph.nodes:
+            if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional:
+                kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"]).fn.__name__
+                writes.append((kernel, set(node.kwargs["tensors_to_clone"])))
+        raise Traced
+
+    w = MoEWeights.random(CONFIG, 0, torch.bfloat16, "cpu")
+    gate_up, down = compute.pack_local_experts(w.gate[2:6], w.up[2:6], w.down[2:6])
+
+    def block(x):
+        weights, ids = compute.route(x, w.router, CONFIG)
+        return local_experts(x, ids, weights, torch.arange(2, 6), gate_up, down, "triton")
+
+    x = torch.randn(9, CONFIG.hidden, dtype=torch.bfloat16)
+    torch._dynamo.decorators.mark_unbacked(x, 0)
+    drivers = triton.runtime.driver
+    previous = drivers._active  # None without a GPU, where reset_active() would raise
+    drivers.set_active(Hopper())
+    torch._dynamo.reset()
+    try:
+        with pytest.raises(Exception, match="Traced"):
+            torch.compile(block, backend=aot_autograd(fw_compiler=record), fullgraph=True)(x)
+    finally:
+        drivers.set_active(previous)
+        torch._dynamo.reset()
+    outputs = {
+        "count_kernel": {"counts_ptr"},
+        "place_kernel": {"rows_ptr", "pairs_ptr", "scale_ptr", "ends_ptr"},
+        "grouped_gemm_kernel": {"out_ptr"},
+    }
+    assert [kernel for kernel, _ in writes[:2]] == ["count_kernel", "place_kernel"], writes
+    assert len(writes) == 2 + 4, writes  # both pointer tiles of both products, on a CPU
+    for kernel, written in writes:
+        assert written <= outputs[kernel], (kernel, written)
+
+
 def test_triton_kernel_compiles_for_hopper_in_both_roles():
     """No GPU is needed to compile: Triton lowers the grouped GEMM for sm_90 and its ptxas
     assembles it, so a kernel that no longer compiles fails here, not first on a GPU. With the
