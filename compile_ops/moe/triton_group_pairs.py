@@ -1,16 +1,15 @@
 """The routed pairs grouped by local expert in two Triton launches: the Triton path's grouping.
 
-The result is the stable sort of experts.group_pairs, as a counting sort: the pairs are cut in
-chunks of ``BLOCK`` (in pair order); the first launch counts each chunk's pairs per key (the local
-expert, or ``n_local`` for a pair routed elsewhere), one running sum over the counts laid out key
-by key gives where each (key, chunk) starts, and the second launch places every pair at its start
-plus the number of earlier pairs of its chunk with the same key, and writes the group ends. It
-writes what the grouped GEMMs
-read at each sorted position, the token row, the pair and its routing weight, so the gathers that
-would follow a sort are part of the placing.
+The result is the stable sort of experts.group_pairs, as a counting sort. The pairs are cut in
+chunks of ``BLOCK`` (in pair order); the first launch counts each chunk's pairs per key (the
+local expert, or ``n_local`` for a pair routed elsewhere); one running sum over the counts,
+laid out key by key, gives where each (key, chunk) starts; the second launch places every pair
+at its start plus the number of earlier pairs of its chunk with the same key, and writes the
+group ends. At each sorted position it writes what the grouped GEMMs read, the token row, the
+pair and its routing weight, so the gathers that would follow a sort are part of the placing.
 
 Written with torch ops the same grouping is a key kernel, a radix sort (one to nine launches with
-its copies and fills), a ``searchsorted`` and three gathers: at decode sizes those launches cost
+its copies and fills), a ``searchsorted`` and the gathers: at decode sizes those launches cost
 more host time than their bytes cost device time. Every shape depends on the pair count alone
 and nothing is read back to the host, so a captured graph serves any routing.
 """
