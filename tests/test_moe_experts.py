@@ -324,6 +324,24 @@ def test_triton_grouping_is_the_stable_sort_in_triton_interpreter():
     assert f"{len(group_pairs_cases.CASES)} cases equal" in out
 
 
+@pytest.mark.parametrize(
+    ("ids", "weights", "n_local", "named"),
+    [
+        (torch.zeros(3, 2), torch.zeros(3, 2), 4, "ids"),
+        (torch.zeros(6, dtype=torch.long), torch.zeros(6), 4, "ids"),
+        (torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 1), 4, "weights"),
+        (torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), 0, "n_local"),
+    ],
+)
+def test_triton_grouping_rejects_bad_arguments_naming_them(ids, weights, n_local, named):
+    pytest.importorskip("triton")
+    from compile_ops.moe import triton_group_pairs as tgp
+
+    match = f"compile_ops_moe.group_pairs: {named} must"
+    with pytest.raises(RuntimeError, match=match):  # checked before any launch
+        tgp.launch_group_pairs((None, None), ids, torch.tensor(0), weights, n_local)
+
+
 def test_traced_triton_kernels_write_only_their_outputs():
     """torch's analysis of what each traced Triton kernel of the block writes (the block traced
     as ``torch.compile`` traces it, its kernels lowered for sm_90 without a GPU) finds only the

@@ -96,6 +96,7 @@ def launch_group_pairs(
     """``group_pairs``'s body with ``kernels`` (count, place) launched as given: wrapped for
     tracing by the op, or the kernels themselves (Triton's interpreter on a CPU, in the tests)."""
     count, place = kernels
+    _check_arguments(ids, first_expert, weights, n_local)
     rows, top_k = ids.shape
     ids, weights = ids.contiguous(), weights.contiguous()
     first_expert = first_expert.reshape(1)
@@ -121,6 +122,25 @@ def launch_group_pairs(
         TOP_K=top_k, N_LOCAL=n_local, BINS=bins, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
+
+
+def _check_arguments(ids, first_expert, weights, n_local) -> None:
+    op = "compile_ops_moe.group_pairs"
+    torch._check(
+        ids.dim() == 2 and not ids.is_floating_point(),
+        lambda: f"{op}: ids must be [rows, top_k] integer expert ids, got {ids.dtype} "
+        f"{tuple(ids.shape)}",
+    )
+    torch._check(
+        weights.shape == ids.shape,
+        lambda: f"{op}: weights must match ids' shape {tuple(ids.shape)}, got "
+        f"{tuple(weights.shape)}",
+    )
+    torch._check(
+        first_expert.numel() == 1,
+        lambda: f"{op}: first_expert must hold one expert id, got {tuple(first_expert.shape)}",
+    )
+    torch._check(n_local >= 1, lambda: f"{op}: n_local must be at least 1, got {n_local}")
 
 
 @triton_op("compile_ops_moe::group_pairs", mutates_args=())
