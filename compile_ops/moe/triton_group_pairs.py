@@ -131,8 +131,14 @@ def _check_arguments(ids, first_expert, weights, n_local) -> None:
         lambda: f"{op}: ids must be [rows, top_k] integer expert ids, got {ids.dtype} "
         f"{tuple(ids.shape)}",
     )
+    both_2d = weights.dim() == 2 and ids.dim() == 2
     torch._check(
-        weights.shape == ids.shape,
+        both_2d and weights.shape[1] == ids.shape[1],
+        lambda: f"{op}: weights must match ids' shape {tuple(ids.shape)}, got "
+        f"{tuple(weights.shape)}",
+    )
+    torch._check(  # a symbolic row count: checked without a guard
+        weights.shape[0] == ids.shape[0],
         lambda: f"{op}: weights must match ids' shape {tuple(ids.shape)}, got "
         f"{tuple(weights.shape)}",
     )
