@@ -342,17 +342,21 @@ def test_triton_grouping_rejects_bad_arguments_naming_them(ids, weights, n_local
         tgp.launch_group_pairs((None, None), ids, torch.tensor(0), weights, n_local)
 
 
-def test_traced_triton_kernels_write_only_their_outputs():
+@pytest.mark.parametrize("persistent", [False, True], ids=["pointer_tiles", "with_persistent"])
+def test_traced_triton_kernels_write_only_their_outputs(monkeypatch, persistent):
     """torch's analysis of what each traced Triton kernel of the block writes (the block traced
     as ``torch.compile`` traces it, its kernels lowered for sm_90 without a GPU) finds only the
     kernel's outputs. An input it counts as written is copied before every launch (a pointer
     handed to a helper whose result addresses a store is counted so), and an input with an
     unbacked size (the routing ids) then fails to compile; both were so before the kernels
-    loaded the group ends and ids themselves."""
+    loaded the group ends and ids themselves. ``with_persistent`` traces the block as on a
+    Hopper GPU: the many-rows product by the persistent TMA kernel, fed by the row gather."""
     triton = pytest.importorskip("triton")
     from torch._dynamo.backends.common import aot_autograd
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     from triton.backends.compiler import GPUTarget
+
+    from compile_ops.moe import triton_tma_gemm as ttg
 
     class Hopper:  # what torch asks of Triton's active driver to lower a kernel
         def get_current_target(self):
@@ -382,6 +386,9 @@ def test_traced_triton_kernels_write_only_their_outputs():
 
     x = torch.randn(9, CONFIG.hidden, dtype=torch.bfloat16)
     torch._dynamo.decorators.mark_unbacked(x, 0)
+    if persistent:
+        monkeypatch.setattr(ttg, "supported", lambda device: True)
+        monkeypatch.setattr(ttg, "programs", lambda device: 132)
     drivers = triton.runtime.driver
     previous = drivers._active  # None without a GPU, where reset_active() would raise
     drivers.set_active(Hopper())
@@ -396,9 +403,15 @@ def test_traced_triton_kernels_write_only_their_outputs():
         "count_kernel": {"counts_ptr"},
         "place_kernel": {"rows_ptr", "pairs_ptr", "scale_ptr", "ends_ptr"},
         "grouped_gemm_kernel": {"out_ptr"},
+        "gather_rows_kernel": {"out_ptr"},
+        "persistent_grouped_gemm_kernel": {"out_ptr"},
     }
     assert [kernel for kernel, _ in writes[:2]] == ["count_kernel", "place_kernel"], writes
-    assert len(writes) == 2 + 4, writes  # both pointer tiles of both products, on a CPU
+    # both pointer tiles of both products; or one pointer tile, the gather and the persistent
+    # kernel for gate_up, one pointer tile and the persistent kernel for down
+    launched = [kernel for kernel, _ in writes[2:]]
+    assert launched.count("persistent_grouped_gemm_kernel") == (2 if persistent else 0), writes
+    assert len(writes) == 2 + (5 if persistent else 4), writes
     for kernel, written in writes:
         assert written <= outputs[kernel], (kernel, written)
 
