@@ -346,7 +346,7 @@ def test_triton_grouping_rejects_bad_arguments_naming_them(ids, weights, n_local
 def test_traced_triton_kernels_write_only_their_outputs(monkeypatch, persistent):
     """torch's analysis of what each traced Triton kernel of the block writes (the block traced
     as ``torch.compile`` traces it, its kernels lowered for sm_90 without a GPU) finds only the
-    kernel's outputs. An input it counts as written is copied before every launch (a pointer
+    kernel's outputs. An input it counts as written is copied for every launch (a pointer
     handed to a helper whose result addresses a store is counted so), and an input with an
     unbacked size (the routing ids) then fails to compile; both were so before the kernels
     loaded the group ends and ids themselves. ``with_persistent`` traces the block as on a

@@ -19,8 +19,8 @@ def expert_tiles(start, end, BLOCK_M):
 
     The kernels load ``start`` and ``end`` themselves, with ``ends_ptr + e - 1`` and ``ends_ptr
     + e``: torch's mutation analysis of a traced kernel counts a pointer handed to a helper
-    whose result addresses a store as written, and Inductor would then copy ``ends`` before
-    every launch."""
+    whose result addresses a store as written, and Inductor would then copy ``ends`` for every
+    launch (and fail to compile such an input of unbacked size)."""
     tiles = (end - start + BLOCK_M - 1) // BLOCK_M
     return tiles, tl.cumsum(tiles, 0)
 
