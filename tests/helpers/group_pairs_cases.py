@@ -12,26 +12,26 @@ import sys
 
 import torch
 
-# (rows, top_k, n_local, first expert, global experts): ids are drawn from [-1, experts), so
-# some pairs are padding (-1) or another rank's (outside [first, first + n_local))
+# (rows, top_k, n_local, first expert, global experts, ids): "drawn" ids come from [-1, experts),
+# so some pairs are padding (-1) or another rank's (outside [first, first + n_local)); "local"
+# routes every pair to the first local expert, "elsewhere" every pair below it
 CASES = [
-    (0, 2, 4, 0, 4),  # no pairs: the ends are all zero
-    (1, 1, 4, 0, 4),
-    (64, 2, 8, 0, 8),  # 128 pairs: exactly one chunk, the next one empty
-    (300, 6, 64, 0, 64),  # 1800 pairs over 15 chunks (DeepSeek-V2-Lite's experts and top-k)
-    (200, 4, 7, 3, 20),  # 7 local experts + the key for others: 8 keys, a power of two
-    (90, 8, 255, 1, 256),  # 256 keys
-    (50, 2, 1, 5, 6),  # one local expert
-    (40, 3, 4, 10, 20),  # every pair is another rank's (ids below 10 only, see inputs)
+    (0, 2, 4, 0, 4, "drawn"),  # no pairs: the ends are all zero
+    (1, 1, 4, 0, 4, "drawn"),
+    (64, 2, 8, 0, 8, "drawn"),  # 128 pairs: exactly one chunk, the next one empty
+    (300, 6, 64, 0, 64, "drawn"),  # 1800 pairs over 15 chunks (DeepSeek-V2-Lite's E and top-k)
+    (200, 4, 7, 3, 20, "drawn"),  # 7 local experts + the key for others: 8 keys, a power of 2
+    (90, 8, 255, 1, 256, "drawn"),  # 256 keys
+    (50, 2, 1, 5, 6, "local"),  # one local expert, every pair on it
+    (40, 3, 4, 10, 20, "elsewhere"),  # every pair is another rank's (or padding)
 ]
 
 
 def inputs(case, device):
-    rows, k, n_local, first, experts = case
+    rows, k, n_local, first, experts, routed = case
     g = torch.Generator().manual_seed(rows * 31 + k * 7 + n_local)
-    high = first if case is CASES[-1] else experts
-    ids = torch.randint(-1, high, (rows, k), generator=g)
-    if rows == 50:  # every pair to the one local expert
+    ids = torch.randint(-1, first if routed == "elsewhere" else experts, (rows, k), generator=g)
+    if routed == "local":
         ids.fill_(first)
     weights = torch.rand(rows, k, generator=g)
     return ids.to(device), torch.tensor(first, device=device), weights.to(device), n_local
