@@ -351,31 +351,10 @@ def test_traced_triton_kernels_write_only_their_outputs(monkeypatch, persistent)
     unbacked size (the routing ids) then fails to compile; both were so before the kernels
     loaded the group ends and ids themselves. ``with_persistent`` traces the block as on a
     Hopper GPU: the many-rows product by the persistent TMA kernel, fed by the row gather."""
-    triton = pytest.importorskip("triton")
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
-    from triton.backends.compiler import GPUTarget
+    pytest.importorskip("triton")
+    from helpers.kernel_writes import traced_writes
 
     from compile_ops.moe import triton_tma_gemm as ttg
-
-    class Hopper:  # what torch asks of Triton's active driver to lower a kernel
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-        def get_active_torch_device(self):
-            return torch.device("cpu")
-
-    class Traced(Exception):
-        pass
-
-    writes = []
-
-    def record(gm, _):
-        for node in gm.graph.nodes:
-            if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional:
-                kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"]).fn.__name__
-                writes.append((kernel, set(node.kwargs["tensors_to_clone"])))
-        raise Traced
 
     w = MoEWeights.random(CONFIG, 0, torch.bfloat16, "cpu")
     gate_up, down = compute.pack_local_experts(w.gate[2:6], w.up[2:6], w.down[2:6])
@@ -389,16 +368,7 @@ def test_traced_triton_kernels_write_only_their_outputs(monkeypatch, persistent)
     if persistent:
         monkeypatch.setattr(ttg, "supported", lambda device: True)
         monkeypatch.setattr(ttg, "programs", lambda device: 132)
-    drivers = triton.runtime.driver
-    previous = drivers._active  # None without a GPU, where reset_active() would raise
-    drivers.set_active(Hopper())
-    torch._dynamo.reset()
-    try:
-        with pytest.raises(Exception, match="Traced"):
-            torch.compile(block, backend=aot_autograd(fw_compiler=record), fullgraph=True)(x)
-    finally:
-        drivers.set_active(previous)
-        torch._dynamo.reset()
+    writes = traced_writes(block, x)
     outputs = {
         "count_kernel": {"counts_ptr"},
         "place_kernel": {"rows_ptr", "pairs_ptr", "scale_ptr", "ends_ptr"},

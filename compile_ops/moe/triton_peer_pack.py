@@ -26,23 +26,16 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _wanted(
-    ids_ptr, owners_ptr, t, n_tokens, n_experts,
-    ROWS: tl.constexpr, K: tl.constexpr, N_RANKS: tl.constexpr, RANKS_POW2: tl.constexpr,
-):  # fmt: skip
-    """``[ROWS, RANKS_POW2]`` int32: 1 where token ``t`` has one of its experts on the rank."""
+def _owner_cells(e, n_experts, N_RANKS: tl.constexpr, RANKS_POW2: tl.constexpr):
+    """Offsets and mask, ``[rows, RANKS_POW2]``, of expert ``e``'s row of ``owners`` (none for
+    ``-1``, a padding id). The kernel loads them itself: torch's analysis of a traced kernel
+    counts a pointer handed to a helper whose result leads to a store address as written
+    (the ids and the owner table were, while a helper loaded them), and the compiled graph
+    then treats that input as mutated: copied before the launch wherever Inductor cannot
+    reinplace the write."""
     r = tl.arange(0, RANKS_POW2)
-    hit = tl.zeros([ROWS, RANKS_POW2], dtype=tl.int32)
-    for k in tl.static_range(K):
-        e = tl.load(ids_ptr + t.to(tl.int64) * K + k, mask=t < n_tokens, other=-1)
-        ok = (e >= 0) & (e < n_experts)
-        owned = tl.load(
-            owners_ptr + e[:, None] * N_RANKS + r[None, :],
-            mask=ok[:, None] & (r < N_RANKS)[None, :],
-            other=0,
-        )
-        hit = hit | owned.to(tl.int32)
-    return hit
+    ok = (e >= 0) & (e < n_experts)
+    return e[:, None] * N_RANKS + r[None, :], ok[:, None] & (r < N_RANKS)[None, :]
 
 
 @triton.jit
@@ -96,16 +89,23 @@ def peer_pack_kernel(
     # Rows each rank is offered in all, and by the tokens before this program's block.
     total = tl.zeros([RANKS_POW2], dtype=tl.int32)
     before = tl.zeros([RANKS_POW2], dtype=tl.int32)
+    # hit [tokens, RANKS_POW2]: 1 where the token has one of its experts on the rank.
     for s0 in range(0, PER_RANK, BLOCK_SCAN):  # n_tokens <= PER_RANK; a fixed trip count
         ts = s0 + tl.arange(0, BLOCK_SCAN)
-        hit = _wanted(
-            ids_ptr, owners_ptr, ts, n_tokens, n_experts, BLOCK_SCAN, K, N_RANKS, RANKS_POW2
-        )
+        hit = tl.zeros([BLOCK_SCAN, RANKS_POW2], dtype=tl.int32)
+        for k in tl.static_range(K):
+            e = tl.load(ids_ptr + ts.to(tl.int64) * K + k, mask=ts < n_tokens, other=-1)
+            cells, ok = _owner_cells(e, n_experts, N_RANKS, RANKS_POW2)
+            hit |= tl.load(owners_ptr + cells, mask=ok, other=0).to(tl.int32)
         total += tl.sum(hit, 0)
         before += tl.sum(tl.where((ts < first)[:, None], hit, 0), 0)
     t = first + tl.arange(0, BLOCK_T)
     t_ok = t < n_tokens
-    hit = _wanted(ids_ptr, owners_ptr, t, n_tokens, n_experts, BLOCK_T, K, N_RANKS, RANKS_POW2)
+    hit = tl.zeros([BLOCK_T, RANKS_POW2], dtype=tl.int32)
+    for k in tl.static_range(K):
+        e = tl.load(ids_ptr + t.to(tl.int64) * K + k, mask=t_ok, other=-1)
+        cells, ok = _owner_cells(e, n_experts, N_RANKS, RANKS_POW2)
+        hit |= tl.load(owners_ptr + cells, mask=ok, other=0).to(tl.int32)
     running = before[None, :] + tl.cumsum(hit, 0)
     kept = (hit > 0) & (running <= PER_PEER)
     slot = r[None, :] * PER_PEER + running - 1
