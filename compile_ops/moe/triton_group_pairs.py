@@ -142,6 +142,9 @@ def _check_arguments(ids, first_expert, weights, n_local) -> None:
         lambda: f"{op}: weights must match ids' shape {tuple(ids.shape)}, got "
         f"{tuple(weights.shape)}",
     )
+    for name, tensor in (("weights", weights), ("first_expert", first_expert)):
+        message = f"{op}: {name} must be on ids' device {ids.device}, got {tensor.device}"
+        torch._check(tensor.device == ids.device, lambda message=message: message)
     torch._check(
         first_expert.numel() == 1,
         lambda: f"{op}: first_expert must hold one expert id, got {tuple(first_expert.shape)}",
