@@ -7,7 +7,7 @@ nothing itself). ``status()`` says for each patch whether it is applied and why.
 This package imports nothing from ``compile_ops``.
 """
 
-from . import cache_key, import_hook, realize_on_reuse
+from . import cache_key, hinted_unbacked_fusion, import_hook, realize_on_reuse
 from .cache_key import set_component as set_cache_key_component
 from .import_hook import ImportHookWarning, when_imported
 from .registry import (
@@ -38,6 +38,7 @@ __all__ = [
     "cache_key",
     "format_status",
     "get",
+    "hinted_unbacked_fusion",
     "import_hook",
     "parse_switches",
     "patches",

@@ -381,7 +381,7 @@ def test_import_compile_ops_loads_no_inductor_yet_patches_and_reinplaces_the_fir
 
 def test_import_compile_ops_leaves_a_patch_switched_off_out(tmp_path):
     state = _fresh_process(tmp_path, "status", patches="-realize_on_reuse")
-    assert "inductor_patches=" not in state["tag"]
+    assert "realize_on_reuse@" not in state["tag"]
     (row,) = [r for r in state["status"] if r[0] == "realize_on_reuse"]
     if inductor_patches.get("realize_on_reuse").matches_torch():
         assert row[1:] == ["off by env", "COMPILE_OPS_PATCHES=-realize_on_reuse"]
