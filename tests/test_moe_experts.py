@@ -225,6 +225,37 @@ def test_gpu_triton_in_a_captured_graph(dtype):
 
 
 @pytest.mark.gpu
+def test_gpu_top_6_sum_is_one_kernel_with_a_hinted_token_dim():
+    """DeepSeek's top-6 through the Triton path, compiled with ``mark_token_dim``: the weighted
+    sum of a row's six outputs and its cast back are one kernel, with no float32
+    ``[tokens, hidden]`` buffer between them (on torch 2.11 through the hinted_unbacked_fusion
+    patch; without it Inductor stores the sum of the first five and adds the sixth in a second
+    kernel)."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    config = MoEConfig(hidden=256, intermediate=64, experts=8, top_k=6)
+    w = MoEWeights.random(config, 0, torch.bfloat16, "cuda")
+    gate_up, down = compute.pack_local_experts(w.gate, w.up, w.down)
+    expert_ids = torch.arange(8, device="cuda")
+
+    def block(x):
+        weights, ids = compute.route(x, w.router, config)
+        y, _ = compute.local_experts(x, ids, weights, expert_ids, gate_up, down, "triton")
+        return y.to(x.dtype)
+
+    x = torch.randn(96, 256, device="cuda").bfloat16()
+    torch._dynamo.reset()
+    out, codes = run_and_get_code(torch.compile(block, fullgraph=True), mark_token_dim(x))
+    float32_sums = re.findall(
+        r"empty_strided_cuda\(\(u\d+, 256\), \(256, 1\), torch\.float32\)", codes[0]
+    )
+    assert float32_sums == [], float32_sums
+    torch.testing.assert_close(out, block(x), **TOL[torch.bfloat16])
+
+
+@pytest.mark.gpu
 def test_gpu_triton_ops_pass_opcheck():
     from compile_ops.moe import triton_grouped_gemm  # noqa: F401  (registers the ops)
 

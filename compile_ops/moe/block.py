@@ -14,15 +14,26 @@ from .layout import Layout
 from .managers import All2AllManager, make_manager
 from .weights import MoEWeights
 
+# What Inductor assumes for a size it cannot know (torch._inductor.config.unbacked_symint_fallback):
+# as a token count, a prefill-sized batch.
+TOKEN_HINT = 8192
 
-def mark_token_dim(x: torch.Tensor) -> torch.Tensor:
+
+def mark_token_dim(x: torch.Tensor, hint: int = TOKEN_HINT) -> torch.Tensor:
     """Mark dim 0 (tokens) of a compiled MoE input unbacked: one graph then serves every count.
 
     A backed dynamic dim would be specialised by Dynamo at 0 and 1 (a recompile for a batch of
     one token); an unbacked one never is. The other ranks' counts and the all_to_all splits are
     unbacked anyway (they are data), so nothing about token counts ends up in a guard.
+
+    ``hint`` is the token count Inductor's heuristics assume; it is never a guard and any count
+    runs. Without one Inductor counts every token-sized buffer as zero bytes and fuses none of
+    them (torch 2.12 and newer, and 2.11 with the ``hinted_unbacked_fusion`` patch, count the
+    hinted ones; docs/patches.md).
     """
-    torch._dynamo.decorators.mark_unbacked(x, 0)
+    if hint < 1:
+        raise ValueError(f"compile_ops.moe.mark_token_dim: hint={hint} must be at least 1")
+    torch._dynamo.decorators.mark_unbacked(x, 0, hint_override=hint)
     return x
 
 
