@@ -7,7 +7,7 @@ fused into its consumer, nor two kernels that read the same one ("no shared data
 that lowering stores stays a kernel and a round trip through memory of its own. In the MoE
 block that splits the weighted sum of the top-k outputs in two kernels with a float32
 ``[tokens, hidden]`` buffer between them (from top-5 on, where the sum has more reads than
-``realize_acc_reads_threshold``), and the routing softmax in two reductions.
+``realize_acc_reads_threshold``).
 
 torch 2.12 counts such a dependency when every unbacked symbol in its size has a hint given by
 the user (``torch._dynamo.decorators.mark_unbacked(t, dim, hint_override=n)``, as
