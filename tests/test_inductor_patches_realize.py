@@ -7,6 +7,7 @@ per RMSNorm kernel seen here in C++ kernels are the ones Triton kernels get on a
 
 import pytest
 import torch
+from helpers.patch_checks import check_inactive_elsewhere
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._inductor.decomposition import select_decomp_table
@@ -27,14 +28,7 @@ needs_patched_torch = pytest.mark.skipif(
 
 
 def test_inactive_on_other_torch_versions_and_says_so():
-    if PATCH.matches_torch():
-        pytest.skip(f"torch {torch.__version__} is the patch's target")
-    from torch._inductor.ir import StorageBox
-
-    assert PATCH.apply() is False and not PATCH.is_applied()
-    assert StorageBox.should_realize_on_reuse.__module__ == "torch._inductor.ir"
-    (row,) = [r for r in inductor_patches.status() if r.name == "realize_on_reuse"]
-    assert row.state == "other torch version" and torch.__version__ in row.reason
+    check_inactive_elsewhere(PATCH)
 
 
 @pytest.fixture

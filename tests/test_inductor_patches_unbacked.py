@@ -7,6 +7,7 @@ kernels are the ones Triton kernels get on a GPU (measured there: docs/patches.m
 
 import pytest
 import torch
+from helpers.patch_checks import check_inactive_elsewhere
 from torch._inductor.utils import run_and_get_code
 
 import compile_ops.moe.experts  # noqa: F401  (registers compile_ops_moe::grouped_mm)
@@ -137,11 +138,4 @@ def test_mark_token_dim_rejects_a_hint_below_one():
 
 
 def test_inactive_on_other_torch_versions_and_says_so():
-    if PATCH.matches_torch():
-        pytest.skip(f"torch {torch.__version__} is the patch's target")
-    from torch._inductor.graph import GraphLowering
-
-    assert PATCH.apply() is False and not PATCH.is_applied()
-    assert GraphLowering.get_dep_size_hint.__module__ == "torch._inductor.graph"
-    (row,) = [r for r in inductor_patches.status() if r.name == "hinted_unbacked_fusion"]
-    assert row.state == "other torch version" and torch.__version__ in row.reason
+    check_inactive_elsewhere(PATCH)
