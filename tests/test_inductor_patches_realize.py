@@ -7,7 +7,7 @@ per RMSNorm kernel seen here in C++ kernels are the ones Triton kernels get on a
 
 import pytest
 import torch
-from helpers.patch_checks import check_inactive_elsewhere
+from helpers.patch_checks import check_inactive_elsewhere, patch_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._inductor.decomposition import select_decomp_table
@@ -33,20 +33,15 @@ def test_inactive_on_other_torch_versions_and_says_so():
 
 @pytest.fixture
 def patched():
-    was_applied = PATCH.is_applied()
-    assert PATCH.apply()
-    yield
-    if not was_applied:
-        PATCH.revert()
+    with patch_state(PATCH, on=True):
+        assert PATCH.is_applied()
+        yield
 
 
 @pytest.fixture
 def unpatched():
-    was_applied = PATCH.is_applied()
-    PATCH.revert()
-    yield
-    if was_applied:
-        PATCH.apply()
+    with patch_state(PATCH, on=False):
+        yield
 
 
 # ---------------------------------------------------------------- decisions on hand-built graphs

@@ -7,7 +7,7 @@ kernels are the ones Triton kernels get on a GPU (measured there: docs/patches.m
 
 import pytest
 import torch
-from helpers.patch_checks import check_inactive_elsewhere
+from helpers.patch_checks import check_inactive_elsewhere, patch_state
 from torch._inductor.utils import run_and_get_code
 
 import compile_ops.moe.experts  # noqa: F401  (registers compile_ops_moe::grouped_mm)
@@ -45,9 +45,8 @@ def inputs():
 
 
 def compile_top_k_sum(mark):
-    """(output, generated code) of ``top_k_sum`` compiled afresh, the token dim marked by
-    ``mark``, with the patches as they are."""
-    torch._dynamo.reset()
+    """(output, generated code) of ``top_k_sum`` compiled afresh (run_and_get_code resets
+    Dynamo first), the token dim marked by ``mark``, with the patches as they are."""
     x, w, ends = inputs()
     try:
         with (
@@ -64,12 +63,8 @@ def compile_top_k_sum(mark):
 
 def compiled(mark, patch_on: bool):
     """``compile_top_k_sum`` with the patch on or off (where this torch takes it)."""
-    was_applied = PATCH.is_applied()
-    PATCH.apply() if patch_on else PATCH.revert()
-    try:
+    with patch_state(PATCH, on=patch_on):
         return compile_top_k_sum(mark)
-    finally:
-        PATCH.apply() if was_applied else PATCH.revert()
 
 
 def float32_buffers(code: str) -> int:
@@ -113,22 +108,20 @@ def test_hinted_size_is_the_hint_times_the_row():
     from torch._inductor.graph import GraphLowering
 
     seen = []
-    was_applied = PATCH.is_applied()
-    assert PATCH.apply()
-    patched = GraphLowering.get_dep_size_hint
+    with patch_state(PATCH, on=True):
+        assert PATCH.is_applied()
+        patched = GraphLowering.get_dep_size_hint
 
-    def spy(self, dep, count_bytes=True):
-        size = patched(self, dep, count_bytes)
-        seen.append((str(dep.get_numel()), size))
-        return size
+        def spy(self, dep, count_bytes=True):
+            size = patched(self, dep, count_bytes)
+            seen.append((str(dep.get_numel()), size))
+            return size
 
-    GraphLowering.get_dep_size_hint = spy
-    try:
-        compile_top_k_sum(lambda x: mark_token_dim(x, hint=100))
-    finally:
-        GraphLowering.get_dep_size_hint = patched
-        if not was_applied:
-            PATCH.revert()
+        GraphLowering.get_dep_size_hint = spy
+        try:
+            compile_top_k_sum(lambda x: mark_token_dim(x, hint=100))
+        finally:
+            GraphLowering.get_dep_size_hint = patched
     assert ("64*u0", 100 * 64 * 4) in seen, seen  # the float32 partial sum, now counted
 
 
