@@ -8,6 +8,8 @@ manager) for each ``experts_impl``, against a plain sort + ``torch._grouped_mm``
     python3 benchmarks/moe_experts.py --quick          # one small shape (a smoke run)
     python3 benchmarks/moe_experts.py --rounds 3       # every candidate timed 3x, interleaved
     python3 benchmarks/moe_experts.py --graphs         # device time: CUDA graph replays
+    python3 benchmarks/moe_experts.py --no-stage       # blocks only: skip the expert stages
+    python3 benchmarks/moe_experts.py --shapes DeepSeek-V2-Lite --tokens 4096   # one case
     python3 benchmarks/moe_experts.py --from RUN.json --plot moe.png   # a saved run, drawn
 
 Routing is Mixtral's (softmax, top-k, renormalised) for every shape, bfloat16. "Useful" counts
@@ -165,7 +167,7 @@ def activation_bytes(fn, x, device) -> int:
     return peak
 
 
-def candidates(config, w, device, impls):
+def candidates(config, w, device, impls, stage=True):
     """name -> (compiled callable taking x [T, H]); failures are reported, not fatal."""
     gate_up = torch.cat([w.gate, w.up], dim=1)
     out = {}
@@ -173,8 +175,9 @@ def candidates(config, w, device, impls):
         block = ShardedMoEBlock(config, w, Layout.ep(None), "agrs", experts_impl=impl)
         compiled = torch.compile(block, fullgraph=True)
         out[f"block[{impl}]"] = lambda x, f=compiled: f(mark_token_dim(x))
-        stage = torch.compile(ExpertStage(block), fullgraph=True)
-        out[f"experts[{impl}]"] = lambda x, f=stage: f(mark_token_dim(x))
+        if stage:
+            experts = torch.compile(ExpertStage(block), fullgraph=True)
+            out[f"experts[{impl}]"] = lambda x, f=experts: f(mark_token_dim(x))
     reference = torch.compile(SortGroupedMM(config, w, gate_up), fullgraph=True)
     out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x, 0))
     try:
@@ -205,6 +208,8 @@ def dense_ceiling(config: MoEConfig, w: MoEWeights, gate_up: torch.Tensor):
 
 
 def _dynamic(x, dim):
+    # Backed, without hint_override: on torch 2.11 a hint on a backed dim makes the guards that
+    # Inductor adds (pad_mm's) fail on the frame that created them (transformers' Qwen block).
     torch._dynamo.mark_dynamic(x, dim)
     return x
 
@@ -226,14 +231,34 @@ def profile(fns: dict, x, where: str, out_path: str) -> None:
 
 
 def measure_shape(
-    name, shape, tokens_list, device, impls, profile_at=(), profile_out=None, rounds=1, graphs=False
+    name,
+    shape,
+    tokens_list,
+    device,
+    impls,
+    profile_at=(),
+    profile_out=None,
+    rounds=1,
+    graphs=False,
+    stage=True,
 ):
     hidden, inter, experts, k = shape
     config = MoEConfig(hidden=hidden, intermediate=inter, experts=experts, top_k=k)
     w = random_weights(config, device)
-    fns = candidates(config, w, device, impls)
+    fns = candidates(config, w, device, impls, stage)
     if device.type == "cuda":
         fns["dense ceiling"] = dense_ceiling(config, w, torch.cat([w.gate, w.up], dim=1))
+    compiled_at = torch.randn(max(tokens_list), hidden, device=device, dtype=torch.bfloat16)
+    for label, fn in fns.items():
+        # Compiled first at the largest count: a backed dynamic dim (the reference's,
+        # transformers') gets kernels chosen for the count its graph is compiled at, and the
+        # reference compiled at 16 tokens ran 6% slower at 4096 than compiled at 512 or 4096
+        # (docs/benchmarks.md). The block's unbacked dim has its own hint (mark_token_dim).
+        try:
+            with torch._dynamo.config.patch(capture_scalar_outputs=True):
+                fn(compiled_at)
+        except Exception as e:  # the timed loop below runs it again and records the error
+            print(f"{name}: compiling {label} failed: {type(e).__name__}", file=sys.stderr)
     rows = []
     for tokens in tokens_list:
         x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)
@@ -368,7 +393,11 @@ def matmul_ceiling(device) -> float:
 def environment(device) -> dict:
     import triton
 
+    import inductor_patches
+
     env = {"torch": torch.__version__, "triton": triton.__version__}
+    # Which Inductor patches compiled the blocks (COMPILE_OPS_PATCHES switches them per run).
+    env["inductor_patches"] = {r.name: r.state for r in inductor_patches.status()}
     try:
         import transformers
 
@@ -387,12 +416,21 @@ def environment(device) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small shape")
+    parser.add_argument(
+        "--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}"
+    )
     parser.add_argument("--sweep", action="store_true", help="tune the Triton tiles first")
     parser.add_argument("--impls", default=",".join(IMPLS), help="experts_impl values to time")
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts")
     parser.add_argument("--json", help="write the rows (and the environment) here")
     parser.add_argument("--rounds", type=int, default=1, help="timings per candidate (median)")
     parser.add_argument("--graphs", action="store_true", help="time CUDA graph replays")
+    parser.add_argument(
+        "--stage",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each impl's expert stage without the manager (--no-stage: blocks only)",
+    )
     parser.add_argument(
         "--profile",
         default="",
@@ -410,7 +448,10 @@ def main(argv=None) -> int:
             plot(saved["rows"], saved["environment"], args.plot)
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shapes = QUICK if args.quick else SHAPES
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown:
+        parser.error(f"--shapes: unknown {sorted(unknown)}; known: {', '.join(SHAPES)}")
+    shapes = QUICK if args.quick else {n: SHAPES[n] for n in args.shapes.split(",")}
     impls = [i for i in args.impls.split(",") if i]
     tokens = [int(t) for t in args.tokens.split(",")]
     if device.type != "cuda":
@@ -440,6 +481,7 @@ def main(argv=None) -> int:
             args.profile_out,
             args.rounds,
             args.graphs,
+            args.stage,
         )
     add_ratios(rows)
     print(table(rows))

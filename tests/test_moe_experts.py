@@ -500,3 +500,14 @@ def test_benchmark_reports_and_plots_a_saved_run(tmp_path, capsys):
     assert len(lines) == 2 + len(json.loads(run.read_text())["rows"])
     assert any("| dense ceiling |" in line for line in lines)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_refuses_an_unknown_shape(capsys):
+    """``--shapes`` names the shapes it knows instead of timing a subset silently."""
+    from helpers.moe_workers import benchmark_script
+
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_script("moe_experts").main(["--shapes", "DeepSeek-V2-Lite,Mixtral-8x22B"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--shapes: unknown ['Mixtral-8x22B']" in err and "DeepSeek-V2-Lite" in err
