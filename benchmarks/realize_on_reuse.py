@@ -52,16 +52,6 @@ BLOCKS = ("rmsnorm_residual", "silu_mlp", "broadcast_scale", "moe_router", "chai
 # ---------------------------------------------------------------- the three ways to compile
 
 
-@contextmanager
-def patch_state(on: bool):
-    was = PATCH.is_applied()
-    PATCH.apply() if on else PATCH.revert()
-    try:
-        yield
-    finally:
-        PATCH.apply() if was else PATCH.revert()
-
-
 class Recorder:
     """What one way's compilation produced: wrapper code, bytes estimate, decisions, time."""
 
@@ -93,7 +83,7 @@ def whole_backend(patch_on: bool, rec: Recorder) -> Callable:
     from torch._inductor.compile_fx import compile_fx
 
     def backend(gm, example_inputs):
-        with patch_state(patch_on), rec.compiling():
+        with PATCH.switched(patch_on), rec.compiling():
             return compile_fx(gm, example_inputs)
 
     return backend
@@ -127,7 +117,7 @@ def split_backend(rec: Recorder) -> Callable:
             sub = self.fetch_attr(target)
             out = super().call_module(target, args, kwargs)
             if not any(is_attention(n) for n in sub.graph.nodes):
-                with patch_state(False), rec.compiling():
+                with PATCH.switched(False), rec.compiling():
                     setattr(self.module, target, Compiled(compile_fx(sub, list(args))))
             return out
 

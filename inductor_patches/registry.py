@@ -13,13 +13,14 @@ imported yet is applied right after that module's first import (``import_hook``)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -202,6 +203,19 @@ class Patch:
         self._reverted = True
         _refresh_cache_key()
         return True
+
+    @contextlib.contextmanager
+    def switched(self, on: bool) -> Iterator[None]:
+        """Applied (``on``, where this torch takes it) or reverted for the block, then put back
+        as it was: how a test or a benchmark compiles one way and then the other. A pending
+        patch is resolved first, so "as it was" is what a compilation would have got."""
+        self.resolve_pending()
+        was_applied = self.is_applied()
+        self.apply() if on else self.revert()
+        try:
+            yield
+        finally:
+            self.apply() if was_applied else self.revert()
 
     def _warn(self, message: str) -> None:
         if not self._warned:

@@ -91,6 +91,19 @@ def test_apply_is_idempotent_and_revert_restores_the_exact_original(registered):
     assert patch.apply() and Target().scale(5) == 15
 
 
+def test_switched_sets_the_patch_for_the_block_and_puts_it_back(registered):
+    patch = registered(_patch())
+    for before in (False, True):
+        patch.apply() if before else patch.revert()
+        for on in (False, True):
+            with patch.switched(on):
+                assert patch.is_applied() is on and Target().scale(5) == (15 if on else 10)
+            assert patch.is_applied() is before
+    with pytest.raises(RuntimeError, match="inside"), patch.switched(False):
+        raise RuntimeError("inside")
+    assert patch.is_applied() and Target().scale(5) == 15
+
+
 def test_changed_signature_is_refused_with_one_warning(registered):
     patch = registered(_patch(parameters=("self", "x", "y")))
     with pytest.warns(PatchWarning, match=r"refused: .*Target.scale takes \(self, x\)"):
@@ -296,6 +309,26 @@ def test_patch_of_a_module_not_imported_yet_is_keyed_now_and_applied_on_import(
     assert patch.is_applied() and not patch.is_pending()
     (row,) = [r for r in inductor_patches.status() if r.name == "late"]
     assert row == ("late", "applied", "on by default: a test patch")
+
+
+def test_switched_keeps_a_pending_patch_on(fresh_module, registered):
+    """A patch still waiting for its module's import counts as on: after the block it is."""
+    name = fresh_module("class Target:\n    def scale(self, x):\n        return 2 * x\n")
+    patch = registered(
+        Patch(
+            name="late_switched",
+            summary="scale by 3",
+            torch_versions=">=2.0",
+            replacements=(Replacement(f"{name}.Target", "scale", ("self", "x"), _times_three),),
+            default=True,
+            default_reason="a test patch",
+        )
+    )
+    inductor_patches.apply_configured({})
+    assert patch.is_pending()
+    with patch.switched(False):
+        assert sys.modules[name].Target().scale(1) == 2
+    assert patch.is_applied() and sys.modules[name].Target().scale(1) == 3
 
 
 def test_status_imports_what_a_pending_patch_waits_for(fresh_module, registered):

@@ -7,7 +7,7 @@ per RMSNorm kernel seen here in C++ kernels are the ones Triton kernels get on a
 
 import pytest
 import torch
-from helpers.patch_checks import check_inactive_elsewhere, patch_state
+from helpers.patch_checks import check_inactive_elsewhere
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._inductor.decomposition import select_decomp_table
@@ -33,14 +33,14 @@ def test_inactive_on_other_torch_versions_and_says_so():
 
 @pytest.fixture
 def patched():
-    with patch_state(PATCH, on=True):
+    with PATCH.switched(True):
         assert PATCH.is_applied()
         yield
 
 
 @pytest.fixture
 def unpatched():
-    with patch_state(PATCH, on=False):
+    with PATCH.switched(False):
         yield
 
 
@@ -263,11 +263,8 @@ def test_patch_changes_buffers_only_where_the_model_says(unpatched):
     a, b = _bf(T, H), _bf(T, H)
     cases = [(_add_two_users, (a, b)), (_fp32_add_three_users, (a, b)), (_narrow_residual, (a, b))]
     before = [len(lower(fn, *args).buffers) for fn, args in cases]
-    PATCH.apply()
-    try:
+    with PATCH.switched(True):
         after = [len(lower(fn, *args).buffers) for fn, args in cases]
-    finally:
-        PATCH.revert()
     assert after == [before[0] + 1, before[1], before[2] + 1]
 
 
@@ -284,19 +281,15 @@ def compiled(name: str, patch_on: bool):
     if key not in _compiled:
         case = realize_panel.PANEL[name]
         module, inputs = case.module(SIZES), case.inputs(SIZES, TOKENS)
-        was_applied = PATCH.is_applied()
-        PATCH.apply() if patch_on else PATCH.revert()
         decisions.reset()
-        try:
-            with (
-                torch._inductor.config.patch(fx_graph_cache=False, compile_threads=1),
-                torch._functorch.config.patch(enable_autograd_cache=False),
-                torch.no_grad(),
-            ):
-                out, codes = run_and_get_code(torch.compile(module, fullgraph=True), *inputs)
-                eager = module(*inputs)
-        finally:
-            PATCH.apply() if was_applied else PATCH.revert()
+        with (
+            PATCH.switched(patch_on),
+            torch._inductor.config.patch(fx_graph_cache=False, compile_threads=1),
+            torch._functorch.config.patch(enable_autograd_cache=False),
+            torch.no_grad(),
+        ):
+            out, codes = run_and_get_code(torch.compile(module, fullgraph=True), *inputs)
+            eager = module(*inputs)
         _compiled[key] = (out, eager, codes, decisions.counts())
     return _compiled[key]
 
@@ -394,14 +387,11 @@ def test_fx_graph_cache_never_crosses_patch_sets(tmp_path, monkeypatch, unpatche
         off, hit, loads_off = run()
         assert not hit and loads_off == [3, 4]  # second norm recomputes h + r
         assert run()[1]
-        PATCH.apply()
-        try:
+        with PATCH.switched(True):
             on, hit, loads_on = run()
             assert not hit and loads_on == [3, 3]  # reads the stored residual
             on_again, hit, _ = run()
             assert hit and torch.equal(on_again, on)
-        finally:
-            PATCH.revert()
         off_again, hit, _ = run()
         assert hit and torch.equal(off_again, off)
 

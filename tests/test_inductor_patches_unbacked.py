@@ -7,7 +7,7 @@ kernels are the ones Triton kernels get on a GPU (measured there: docs/patches.m
 
 import pytest
 import torch
-from helpers.patch_checks import check_inactive_elsewhere, patch_state
+from helpers.patch_checks import check_inactive_elsewhere
 from torch._inductor.utils import run_and_get_code
 
 import compile_ops.moe.experts  # noqa: F401  (registers compile_ops_moe::grouped_mm)
@@ -63,7 +63,7 @@ def compile_top_k_sum(mark):
 
 def compiled(mark, patch_on: bool):
     """``compile_top_k_sum`` with the patch on or off (where this torch takes it)."""
-    with patch_state(PATCH, on=patch_on):
+    with PATCH.switched(patch_on):
         return compile_top_k_sum(mark)
 
 
@@ -108,7 +108,7 @@ def test_hinted_size_is_the_hint_times_the_row():
     from torch._inductor.graph import GraphLowering
 
     seen = []
-    with patch_state(PATCH, on=True):
+    with PATCH.switched(True):
         assert PATCH.is_applied()
         patched = GraphLowering.get_dep_size_hint
 

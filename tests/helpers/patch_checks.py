@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -22,15 +19,3 @@ def check_inactive_elsewhere(patch: inductor_patches.Patch) -> None:
         assert method.__module__ == r.module, f"{r.target} is {method.__module__}'s"
     (row,) = [r for r in inductor_patches.status() if r.name == patch.name]
     assert row.state == "other torch version" and torch.__version__ in row.reason
-
-
-@contextlib.contextmanager
-def patch_state(patch: inductor_patches.Patch, on: bool) -> Iterator[None]:
-    """``patch`` applied (where this torch takes it) or reverted for the block, then put back
-    as it was."""
-    was_applied = patch.is_applied()
-    patch.apply() if on else patch.revert()
-    try:
-        yield
-    finally:
-        patch.apply() if was_applied else patch.revert()

@@ -183,24 +183,19 @@ def sequence_parallel_patch_on_off(
     x = torch.randn(tokens, hidden, generator=g).to(torch.bfloat16)
     x_shard = _shard(x, 0, rank, world).to(device)
     patch = inductor_patches.get("realize_on_reuse")
-    patch.resolve_pending()  # a patch waiting for Inductor's import is applied, and restored so
-    was_applied = patch.is_applied()
     result = {"eager": forward(x_shard)}
-    try:
-        for way, on in (("off", False), ("on", True)):
-            patch.apply() if on else patch.revert()
-            decisions.reset()
-            torch._dynamo.reset()
-            with (
-                symmetric_memory(),
-                torch._inductor.config.patch(fx_graph_cache=False, _micro_pipeline_tp=async_tp),
-            ):
-                out, codes = run_and_get_code(torch.compile(forward, fullgraph=True), x_shard)
-            result[way] = out
-            result[f"{way}_counts"] = _fused_and_collective_counts(codes)
-            result[f"{way}_decisions"] = decisions.counts()
-    finally:
-        patch.apply() if was_applied else patch.revert()
+    for way, on in (("off", False), ("on", True)):
+        decisions.reset()
+        torch._dynamo.reset()
+        with (
+            patch.switched(on),
+            symmetric_memory(),
+            torch._inductor.config.patch(fx_graph_cache=False, _micro_pipeline_tp=async_tp),
+        ):
+            out, codes = run_and_get_code(torch.compile(forward, fullgraph=True), x_shard)
+        result[way] = out
+        result[f"{way}_counts"] = _fused_and_collective_counts(codes)
+        result[f"{way}_decisions"] = decisions.counts()
     return result
 
 
