@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import inductor_patches
 from compile_ops.moe import (
     EXPERTS_IMPLS,
     Layout,
@@ -392,8 +393,6 @@ def matmul_ceiling(device) -> float:
 
 def environment(device) -> dict:
     import triton
-
-    import inductor_patches
 
     env = {"torch": torch.__version__, "triton": triton.__version__}
     # Which Inductor patches compiled the blocks (COMPILE_OPS_PATCHES switches them per run).

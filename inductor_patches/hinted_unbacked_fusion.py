@@ -46,7 +46,7 @@ def _make_get_dep_size_hint(original: Callable[..., int]) -> Callable[..., int]:
         key = (dep, count_bytes)
         if key not in self.dep_size_hint_cache:
             size = hinted_size(self.sizevars, dep, count_bytes)
-            if size is not None:
+            if size is not None:  # the original answers from its cache when the key is there
                 self.dep_size_hint_cache[key] = size
         return original(self, dep, count_bytes)
 

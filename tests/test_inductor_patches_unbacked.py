@@ -5,6 +5,8 @@ Fusion is decided by the scheduler before code generation, so the buffers seen h
 kernels are the ones Triton kernels get on a GPU (measured there: docs/patches.md).
 """
 
+from unittest import mock
+
 import pytest
 import torch
 from helpers.patch_checks import check_inactive_elsewhere
@@ -104,7 +106,7 @@ def test_unhinted_unbacked_dim_is_left_to_torch_2_11():
 
 @needs_patched_torch
 def test_hinted_size_is_the_hint_times_the_row():
-    """The bytes the scheduler now sees for a ``[u0, 64]`` bfloat16 buffer: hint * 64 * 2."""
+    """The bytes the scheduler now sees for the ``[u0, 64]`` float32 partial sum: hint * 64 * 4."""
     from torch._inductor.graph import GraphLowering
 
     seen = []
@@ -117,11 +119,8 @@ def test_hinted_size_is_the_hint_times_the_row():
             seen.append((str(dep.get_numel()), size))
             return size
 
-        GraphLowering.get_dep_size_hint = spy
-        try:
+        with mock.patch.object(GraphLowering, "get_dep_size_hint", spy):
             compile_top_k_sum(lambda x: mark_token_dim(x, hint=100))
-        finally:
-            GraphLowering.get_dep_size_hint = patched
     assert ("64*u0", 100 * 64 * 4) in seen, seen  # the float32 partial sum, now counted
 
 
