@@ -35,12 +35,19 @@ def _times_three(original):
     return scale
 
 
-def _patch(name="triple", versions=">=2.0", parameters=("self", "x"), default=True):
+# The source of a module that ``fresh_module`` writes and nothing has imported yet.
+UNLOADED_TARGET = "class Target:\n    def scale(self, x):\n        return 2 * x\n"
+
+
+def _patch(
+    name="triple", versions=">=2.0", parameters=("self", "x"), default=True, module=__name__
+):
+    """A patch of ``module.Target.scale`` (this file's Target, or one in a module not loaded)."""
     return Patch(
         name=name,
         summary="scale by 3",
         torch_versions=versions,
-        replacements=(Replacement(f"{__name__}.Target", "scale", parameters, _times_three),),
+        replacements=(Replacement(f"{module}.Target", "scale", parameters, _times_three),),
         default=default,
         default_reason="a test patch",
     )
@@ -290,17 +297,8 @@ def test_a_failing_callback_warns_and_the_import_goes_on(fresh_module):
 def test_patch_of_a_module_not_imported_yet_is_keyed_now_and_applied_on_import(
     fresh_module, registered
 ):
-    name = fresh_module("class Target:\n    def scale(self, x):\n        return 2 * x\n")
-    patch = registered(
-        Patch(
-            name="late",
-            summary="scale by 3",
-            torch_versions=">=2.0",
-            replacements=(Replacement(f"{name}.Target", "scale", ("self", "x"), _times_three),),
-            default=True,
-            default_reason="a test patch",
-        )
-    )
+    name = fresh_module(UNLOADED_TARGET)
+    patch = registered(_patch("late", module=name))
     inductor_patches.apply_configured({})
     assert name not in sys.modules and patch.is_pending()
     # Anything compiled from now on is keyed with the patch, though its class is not loaded yet.
@@ -313,17 +311,8 @@ def test_patch_of_a_module_not_imported_yet_is_keyed_now_and_applied_on_import(
 
 def test_switched_keeps_a_pending_patch_on(fresh_module, registered):
     """A patch still waiting for its module's import counts as on: after the block it is."""
-    name = fresh_module("class Target:\n    def scale(self, x):\n        return 2 * x\n")
-    patch = registered(
-        Patch(
-            name="late_switched",
-            summary="scale by 3",
-            torch_versions=">=2.0",
-            replacements=(Replacement(f"{name}.Target", "scale", ("self", "x"), _times_three),),
-            default=True,
-            default_reason="a test patch",
-        )
-    )
+    name = fresh_module(UNLOADED_TARGET)
+    patch = registered(_patch("late_switched", module=name))
     inductor_patches.apply_configured({})
     assert patch.is_pending()
     with patch.switched(False):
@@ -332,17 +321,8 @@ def test_switched_keeps_a_pending_patch_on(fresh_module, registered):
 
 
 def test_status_imports_what_a_pending_patch_waits_for(fresh_module, registered):
-    name = fresh_module("class Target:\n    def scale(self, x):\n        return 2 * x\n")
-    patch = registered(
-        Patch(
-            name="late_status",
-            summary="scale by 3",
-            torch_versions=">=2.0",
-            replacements=(Replacement(f"{name}.Target", "scale", ("self", "x"), _times_three),),
-            default=False,
-            default_reason="a test patch",
-        )
-    )
+    name = fresh_module(UNLOADED_TARGET)
+    patch = registered(_patch("late_status", default=False, module=name))
     inductor_patches.apply_configured({"COMPILE_OPS_PATCHES": "+late_status"})
     assert name not in sys.modules
     (row,) = [r for r in inductor_patches.status() if r.name == "late_status"]
