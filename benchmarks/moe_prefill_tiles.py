@@ -37,13 +37,15 @@ SHAPES = {  # experts, hidden, intermediate, top-k
     "Qwen1.5-MoE-A2.7B": (60, 2048, 1408, 4),
     "DeepSeek-V2-Lite": (64, 2048, 1408, 6),
 }
-# (block_m, block_n, block_k, group_m, warps, stages), flatten
+# (block_m, block_n, block_k, group_m, warps, stages), flatten; group_m 0: expert by expert
 CANDIDATES = {
-    "gate_up": [((128, 128, 64, 8, 8, 4), False), ((128, 128, 64, 16, 8, 4), False),
+    "gate_up": [((128, 128, 64, 0, 8, 4), False), ((128, 128, 64, 8, 8, 4), False),
+                ((128, 128, 64, 16, 8, 4), False),
                 ((128, 128, 32, 8, 8, 6), False), ((128, 128, 64, 8, 8, 3), False),
                 ((64, 128, 64, 8, 4, 4), False), ((64, 256, 64, 8, 8, 3), False),
                 ((64, 128, 64, 8, 4, 5), False)],
-    "down": [((128, 256, 64, 8, 8, 4), True), ((128, 256, 64, 8, 8, 4), False),
+    "down": [((128, 256, 64, 0, 8, 4), True), ((128, 256, 64, 8, 8, 4), True),
+             ((128, 256, 64, 8, 8, 4), False),
              ((128, 256, 64, 16, 8, 4), True), ((128, 256, 32, 8, 8, 6), True),
              ((64, 256, 64, 8, 4, 4), True), ((64, 256, 64, 8, 8, 4), True),
              ((64, 128, 64, 8, 4, 6), True)],
@@ -100,7 +102,8 @@ def shape_rows(name: str, tokens: int) -> list[dict]:
         tg.persistent_for = persistent_for
         for cfg, flatten in candidates:
             tg.PERSISTENT_CONFIGS[kernel] = (tg.TileConfig(*cfg), flatten)
-            tile = "persistent " + "x".join(map(str, cfg[:3])) + f" g{cfg[3]} w{cfg[4]} s{cfg[5]}"
+            group = f"g{cfg[3]}" if cfg[3] else "by expert"
+            tile = "persistent " + "x".join(map(str, cfg[:3])) + f" {group} w{cfg[4]} s{cfg[5]}"
             tile += " flat" * flatten
             row(
                 kernel,

@@ -43,6 +43,20 @@ def many_rows(ends_ptr, N_EXPERTS: tl.constexpr, LARGE_FROM: tl.constexpr):
 
 
 @triton.jit
+def expert_order(t, tiles, tile_end, num_n, EXPERTS_POW2: tl.constexpr):
+    """(row tile, column tile) of tile index ``t``, expert by expert: all of one expert's tiles,
+    its row tiles fastest, come before the next expert's. The programs running at once then
+    share the weight tiles of one or two experts, and each weight tile is read from device
+    memory about once (``tiles``, ``tile_end``: from ``expert_tiles``; ``t`` below the total)."""
+    expert = tl.sum((tile_end * num_n <= t).to(tl.int32), 0)
+    mine = tl.arange(0, EXPERTS_POW2) == expert
+    own = tl.sum(tl.where(mine, tiles, 0), 0)  # at least 1: an expert without tiles has no t
+    first = tl.sum(tl.where(mine, tile_end - tiles, 0), 0)
+    local = t - first * num_n
+    return first + local % own, local // own
+
+
+@triton.jit
 def grouped_order(t, num_m, num_n, GROUP_M: tl.constexpr):
     """(row tile, column tile) of tile index ``t``: GROUP_M row tiles share each sweep of the
     column tiles, so their weight tiles stay in L2."""

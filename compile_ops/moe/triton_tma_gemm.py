@@ -28,7 +28,13 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
-from .triton_expert_tiles import expert_tiles, grouped_order, many_rows, tile_rows
+from .triton_expert_tiles import (
+    expert_order,
+    expert_tiles,
+    grouped_order,
+    many_rows,
+    tile_rows,
+)
 
 
 def supported(device: torch.device) -> bool:
@@ -56,7 +62,8 @@ def persistent_grouped_gemm_kernel(
     """``out[p] = silu(a[p] @ gate.T) * (a[p] @ up.T)`` (GATE_UP, gate rows ``[0, N)`` and up
     rows ``[N, 2N)`` of each expert's ``W_ROWS``), else ``out[dest[p]] = scale[p] * a[p] @ w.T``,
     for sorted position ``p`` of expert ``e``. Returns at once below ``LARGE_FROM`` rows per
-    expert on average: the few-rows tile serves those counts."""
+    expert on average: the few-rows tile serves those counts. GROUP_M 0 walks the tiles expert
+    by expert (``expert_order``), else in bands of GROUP_M row tiles (``grouped_order``)."""
     if not many_rows(ends_ptr, N_EXPERTS, LARGE_FROM):
         return
     # Made here, past the return: no descriptor is ever made over an empty tensor.
@@ -69,7 +76,10 @@ def persistent_grouped_gemm_kernel(
     num_m = tl.sum(tiles, 0)
     num_n = tl.cdiv(N, BLOCK_N)
     for t in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=FLATTEN):
-        pid_m, pid_n = grouped_order(t, num_m, num_n, GROUP_M)
+        if GROUP_M == 0:
+            pid_m, pid_n = expert_order(t, tiles, tile_end, num_n, EXPERTS_POW2)
+        else:
+            pid_m, pid_n = grouped_order(t, num_m, num_n, GROUP_M)
         expert, row0, row_end = tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M)
         offs_m = row0 + tl.arange(0, BLOCK_M)
         in_rows = offs_m < row_end
