@@ -171,16 +171,20 @@ def activation_bytes(fn, x, device) -> int:
 def candidates(config, w, device, impls, stage=True):
     """name -> (compiled callable taking x [T, H]); failures are reported, not fatal."""
     gate_up = torch.cat([w.gate, w.up], dim=1)
+    # Each candidate marks its own alias of x (``detach``: a new tensor object, the same
+    # storage), never x itself: the marks are attributes of the tensor object, and a mark left
+    # on x by one candidate would compile the next with it (the block's unbacked token dim gave
+    # the reference kernels sized for an unknown count).
     out = {}
     for impl in impls:
         block = ShardedMoEBlock(config, w, Layout.ep(None), "agrs", experts_impl=impl)
         compiled = torch.compile(block, fullgraph=True)
-        out[f"block[{impl}]"] = lambda x, f=compiled: f(mark_token_dim(x))
+        out[f"block[{impl}]"] = lambda x, f=compiled: f(mark_token_dim(x.detach()))
         if stage:
             experts = torch.compile(ExpertStage(block), fullgraph=True)
-            out[f"experts[{impl}]"] = lambda x, f=experts: f(mark_token_dim(x))
+            out[f"experts[{impl}]"] = lambda x, f=experts: f(mark_token_dim(x.detach()))
     reference = torch.compile(SortGroupedMM(config, w, gate_up), fullgraph=True)
-    out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x, 0))
+    out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x.detach(), 0))
     try:
         hf = torch.compile(transformers_block(config, w, gate_up), fullgraph=True)
         out["transformers"] = lambda x: hf(_dynamic(x.unsqueeze(0), 1)).squeeze(0)
@@ -227,7 +231,9 @@ def profile(fns: dict, x, where: str, out_path: str) -> None:
                 for _ in range(5):
                     fn(x)
                 torch.cuda.synchronize()
-            table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=14)
+            table = prof.key_averages().table(
+                sort_by="self_device_time_total", row_limit=16, max_name_column_width=100
+            )
             f.write(f"\n=== {where} {label} (5 calls)\n{table}\n")
 
 

@@ -5,6 +5,7 @@ graph) skip without a GPU."""
 
 import pytest
 import torch
+import torch.distributed as dist
 from helpers.moe_experts_workers import run_sharded_vs_reference
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -511,3 +512,28 @@ def test_benchmark_refuses_an_unknown_shape(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--shapes: unknown ['Mixtral-8x22B']" in err and "DeepSeek-V2-Lite" in err
+
+
+def test_benchmark_candidates_mark_their_own_alias_of_the_input(monkeypatch):
+    """Every candidate of ``benchmarks/moe_experts.py`` marks its token dim on an alias of x,
+    not on x: the timed loop hands one x to all of them, and a mark left on it (the block's
+    unbacked dim) compiled the next candidate with it."""
+    from helpers.moe_workers import benchmark_script
+
+    bench = benchmark_script("moe_experts")
+    monkeypatch.setattr(torch, "compile", lambda module, **_: module)  # eager: the marks alone
+    hidden, inter, experts, k = bench.QUICK["small"]
+    config = MoEConfig(hidden=hidden, intermediate=inter, experts=experts, top_k=k)
+    w = bench.random_weights(config, torch.device("cpu"), torch.float32)
+    x = torch.randn(5, hidden)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        fns = bench.candidates(config, w, torch.device("cpu"), ["portable"])
+        assert {"block[portable]", "experts[portable]", "sort+_grouped_mm"} <= set(fns)
+        for label, fn in fns.items():
+            assert fn(x).shape == x.shape, label
+            names = ("_dynamo_dynamic_indices", "_dynamo_unbacked_indices")
+            marks = [name for name in names if hasattr(x, name)]
+            assert not marks, f"{label} left {marks} on the caller's tensor"
+    finally:
+        dist.destroy_process_group()
