@@ -12,7 +12,9 @@ the gather of ``x[rows]`` it needs. ``_grouped_mm`` gets its rows gathered befor
 computes the bare products (no SiLU, no weight, no scatter): a floor for what its path costs.
 A dense cuBLAS product with the same flops (every row against the first expert's weights) is the
 ceiling a grouped GEMM is read against.
-Tokens are routed to ``top_k`` uniformly random experts; ``triton.testing.do_bench`` medians with
+Tokens are routed to ``top_k`` uniformly random experts, or with ``--routing balanced`` pair ``p``
+to expert ``p mod E``: every expert gets the same rows, and where that count is a multiple of
+128 (DeepSeek-V2-Lite: 384) no row tile is padded. ``triton.testing.do_bench`` medians with
 the L2 flushed.
 """
 
@@ -54,12 +56,15 @@ CANDIDATES = {
 GATHER_TILES = [(1, 1024), (4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512)]
 
 
-def _case(experts: int, hidden: int, inter: int, k: int, tokens: int):
+def _case(experts: int, hidden: int, inter: int, k: int, tokens: int, routing: str = "random"):
     g = torch.Generator("cuda").manual_seed(0)
     x = torch.randn(tokens, hidden, device="cuda", generator=g).bfloat16()
     gate_up = (torch.randn(experts, 2 * inter, hidden, device="cuda", generator=g) / 64).bfloat16()
     down = (torch.randn(experts, hidden, inter, device="cuda", generator=g) / 120).bfloat16()
-    ids = torch.rand(tokens, experts, device="cuda", generator=g).topk(k, -1).indices
+    if routing == "balanced":  # k consecutive experts a token: distinct while k <= experts
+        ids = (torch.arange(tokens * k, device="cuda") % experts).view(tokens, k)
+    else:
+        ids = torch.rand(tokens, experts, device="cuda", generator=g).topk(k, -1).indices
     grouping = group_pairs(ids, torch.zeros((), dtype=torch.long, device="cuda"), experts)
     act = torch.randn(tokens * k, inter, device="cuda", generator=g).bfloat16()
     scale = torch.rand(tokens * k, device="cuda", generator=g)
@@ -70,9 +75,11 @@ def _time(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def shape_rows(name: str, tokens: int) -> list[dict]:
+def shape_rows(name: str, tokens: int, routing: str = "random") -> list[dict]:
     experts, hidden, inter, k = SHAPES[name]
-    x, gate_up, down, rows, ends, dest, act, scale = _case(experts, hidden, inter, k, tokens)
+    x, gate_up, down, rows, ends, dest, act, scale = _case(
+        experts, hidden, inter, k, tokens, routing
+    )
     pairs = tokens * k
     ops = {
         "gate_up": lambda: tg.gate_up_silu(x, rows, gate_up, ends),
@@ -91,8 +98,8 @@ def shape_rows(name: str, tokens: int) -> list[dict]:
 
     def row(kernel: str, tile: str, fn, **extra) -> None:
         ms = _time(fn)
-        out.append({"shape": name, "tokens": tokens, "kernel": kernel, "tile": tile, "ms": ms,
-                    "tflops": flops[kernel] / ms / 1e9, **extra})  # fmt: skip
+        out.append({"shape": name, "tokens": tokens, "routing": routing, "kernel": kernel,
+                    "tile": tile, "ms": ms, "tflops": flops[kernel] / ms / 1e9, **extra})  # fmt: skip
 
     for kernel, candidates in CANDIDATES.items():
         row(kernel, "_grouped_mm (bare products)", floors[kernel])
@@ -147,10 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--gather", action="store_true", help="time the row gather's tiles")
+    parser.add_argument(
+        "--routing", choices=("random", "balanced"), default="random", help="see the docstring"
+    )
     args = parser.parse_args(argv)
     rows = []
     for name in args.shapes.split(","):
-        for r in (gather_rows if args.gather else shape_rows)(name, args.tokens):
+        if args.gather:
+            shape = gather_rows(name, args.tokens)
+        else:
+            shape = shape_rows(name, args.tokens, args.routing)
+        for r in shape:
             rows.append(r)
             if not args.json:
                 mark = "  (committed)" if r.get("committed") else ""
