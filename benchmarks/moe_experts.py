@@ -171,18 +171,18 @@ def activation_bytes(fn, x, device) -> int:
 def candidates(config, w, device, impls, stage=True):
     """name -> (compiled callable taking x [T, H]); failures are reported, not fatal."""
     gate_up = torch.cat([w.gate, w.up], dim=1)
-    # Each candidate marks its own alias of x (``detach``: a new tensor object, the same
-    # storage), never x itself: the marks are attributes of the tensor object, and a mark left
-    # on x by one candidate would compile the next with it (the block's unbacked token dim gave
-    # the reference kernels sized for an unknown count).
+    # Each candidate marks its own alias of x, never x itself (mark_token_dim returns one): the
+    # marks are attributes of the tensor object, and a mark left on x by one candidate would
+    # compile the next with it (the block's unbacked token dim gave the reference kernels sized
+    # for an unknown count).
     out = {}
     for impl in impls:
         block = ShardedMoEBlock(config, w, Layout.ep(None), "agrs", experts_impl=impl)
         compiled = torch.compile(block, fullgraph=True)
-        out[f"block[{impl}]"] = lambda x, f=compiled: f(mark_token_dim(x.detach()))
+        out[f"block[{impl}]"] = lambda x, f=compiled: f(mark_token_dim(x))
         if stage:
             experts = torch.compile(ExpertStage(block), fullgraph=True)
-            out[f"experts[{impl}]"] = lambda x, f=experts: f(mark_token_dim(x.detach()))
+            out[f"experts[{impl}]"] = lambda x, f=experts: f(mark_token_dim(x))
     reference = torch.compile(SortGroupedMM(config, w, gate_up), fullgraph=True)
     out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x.detach(), 0))
     try:

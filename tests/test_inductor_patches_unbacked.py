@@ -129,5 +129,27 @@ def test_mark_token_dim_rejects_a_hint_below_one():
         mark_token_dim(torch.zeros(3, 2), hint=0)
 
 
+def test_mark_token_dim_marks_a_view_and_leaves_the_input_alone():
+    """The mark goes on a view of the same storage: marked on the caller's tensor, it would
+    follow it into every other compiled function it is passed to; a function compiled on the
+    unmarked tensor afterwards keeps a static token count."""
+    x = torch.randn(5, 4, requires_grad=True)
+    marked = mark_token_dim(x, hint=64)
+    assert marked is not x and marked.data_ptr() == x.data_ptr() and marked.shape == x.shape
+    assert marked._dynamo_unbacked_indices == {0}
+    assert not hasattr(x, "_dynamo_unbacked_indices")
+    assert marked.grad_fn is not None  # still on x's autograd graph
+    gm = []
+
+    def backend(graph, example_inputs):
+        gm.append(graph)
+        return graph.forward
+
+    torch.compile(lambda t: t * 2, backend=backend, fullgraph=True)(x)
+    inputs = [n.meta["example_value"] for n in gm[0].graph.nodes if n.op == "placeholder"]
+    shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else v for v in inputs]
+    assert shapes == [(5, 4)], shapes  # not an unbacked u0 left by the call above
+
+
 def test_inactive_on_other_torch_versions_and_says_so():
     check_inactive_elsewhere(PATCH)

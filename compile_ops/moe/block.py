@@ -20,7 +20,8 @@ TOKEN_HINT = 8192
 
 
 def mark_token_dim(x: torch.Tensor, hint: int = TOKEN_HINT) -> torch.Tensor:
-    """Mark dim 0 (tokens) of a compiled MoE input unbacked: one graph then serves every count.
+    """A view of ``x`` with dim 0 (tokens) marked unbacked, for a compiled MoE block: one graph
+    then serves every count. Pass the view (``compiled(mark_token_dim(x))``).
 
     A backed dynamic dim would be specialised by Dynamo at 0 and 1 (a recompile for a batch of
     one token); an unbacked one never is. The other ranks' counts and the all_to_all splits are
@@ -30,11 +31,16 @@ def mark_token_dim(x: torch.Tensor, hint: int = TOKEN_HINT) -> torch.Tensor:
     runs. Without one Inductor counts every token-sized buffer as zero bytes and fuses none of
     them (torch 2.12 and newer, and 2.11 with the ``hinted_unbacked_fusion`` patch, count the
     hinted ones; docs/patches.md).
+
+    The mark is an attribute of the tensor object that Dynamo reads at every compile it enters.
+    ``x`` itself stays unmarked: set on ``x``, the mark would follow it into any other compiled
+    function it is passed to, which would then compile for an unknown token count.
     """
     if hint < 1:
         raise ValueError(f"compile_ops.moe.mark_token_dim: hint={hint} must be at least 1")
-    torch._dynamo.decorators.mark_unbacked(x, 0, hint_override=hint)
-    return x
+    marked = x.view_as(x)  # same storage and strides; autograd sees a view
+    torch._dynamo.decorators.mark_unbacked(marked, 0, hint_override=hint)
+    return marked
 
 
 class _WeightsModule(torch.nn.Module):
