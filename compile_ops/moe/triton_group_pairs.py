@@ -5,8 +5,9 @@ chunks of ``BLOCK`` (in pair order); the first launch counts each chunk's pairs 
 local expert, or ``n_local`` for a pair routed elsewhere); a running sum along each key's row of
 counts gives its pairs before each chunk; the second launch adds the pairs of all smaller keys,
 places every pair at that start plus the number of earlier pairs of its chunk with the same
-key, and writes the group ends. At each sorted position it writes what the grouped GEMMs read, the token row, the
-pair and its routing weight, so the gathers that would follow a sort are part of the placing.
+key, and writes the group ends. At each sorted position it writes what the grouped GEMMs read,
+the token row, the pair and its routing weight, so the gathers that would follow a sort are
+part of the placing.
 
 Written with torch ops the same grouping is a key kernel, a radix sort (one to nine launches with
 its copies and fills), a ``searchsorted`` and the gathers: at decode sizes those launches cost
@@ -115,7 +116,7 @@ def launch_group_pairs(
         N_LOCAL=n_local, BINS=bins, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )  # fmt: skip
     # Row by row, the rows in parallel: one running sum over the whole buffer ran as a single
-    # program, 14 us of DeepSeek-V2-Lite's 4096-token call on an H200 (docs/moe.md).
+    # program, 14 us of DeepSeek-V2-Lite's 4096-token call on an H200 (docs/benchmarks.md).
     within = counts.cumsum(1, dtype=torch.int32)
     out = SortedPairs(
         ids.new_empty((pairs,)),
