@@ -171,10 +171,10 @@ def activation_bytes(fn, x, device) -> int:
 def candidates(config, w, device, impls, stage=True):
     """name -> (compiled callable taking x [T, H]); failures are reported, not fatal."""
     gate_up = torch.cat([w.gate, w.up], dim=1)
-    # Each candidate marks its own alias of x, never x itself (mark_token_dim returns one): the
-    # marks are attributes of the tensor object, and a mark left on x by one candidate would
-    # compile the next with it (the block's unbacked token dim gave the reference kernels sized
-    # for an unknown count).
+    # Each candidate marks its own alias of x, never x itself (mark_token_dim and _dynamic return
+    # one): the marks are attributes of the tensor object, and a mark left on x by one candidate
+    # would compile the next with it (the block's unbacked token dim gave the reference kernels
+    # sized for an unknown count).
     out = {}
     for impl in impls:
         block = ShardedMoEBlock(config, w, Layout.ep(None), "agrs", experts_impl=impl)
@@ -184,7 +184,7 @@ def candidates(config, w, device, impls, stage=True):
             experts = torch.compile(ExpertStage(block), fullgraph=True)
             out[f"experts[{impl}]"] = lambda x, f=experts: f(mark_token_dim(x))
     reference = torch.compile(SortGroupedMM(config, w, gate_up), fullgraph=True)
-    out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x.detach(), 0))
+    out["sort+_grouped_mm"] = lambda x: reference(_dynamic(x, 0))
     try:
         hf = torch.compile(transformers_block(config, w, gate_up), fullgraph=True)
         out["transformers"] = lambda x: hf(_dynamic(x.unsqueeze(0), 1)).squeeze(0)
@@ -213,10 +213,12 @@ def dense_ceiling(config: MoEConfig, w: MoEWeights, gate_up: torch.Tensor):
 
 
 def _dynamic(x, dim):
+    """A view of ``x`` with ``dim`` marked dynamic; ``x`` itself stays unmarked."""
     # Backed, without hint_override: on torch 2.11 a hint on a backed dim makes the guards that
     # Inductor adds (pad_mm's) fail on the frame that created them (transformers' Qwen block).
-    torch._dynamo.mark_dynamic(x, dim)
-    return x
+    marked = x.view_as(x)
+    torch._dynamo.mark_dynamic(marked, dim)
+    return marked
 
 
 def profile(fns: dict, x, where: str, out_path: str) -> None:
