@@ -325,6 +325,23 @@ def test_gpu_triton_grouping_is_the_stable_sort_eager_and_compiled():
 
 
 @pytest.mark.gpu
+def test_gpu_triton_topk_is_torch_topk_eager_and_compiled():
+    from helpers import topk_cases
+
+    from compile_ops.moe import triton_topk
+
+    def topk_ids(scores, k):  # compiled through a function of its own, as above
+        return triton_topk.topk_ids(scores, k)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(topk_ids, fullgraph=True, dynamic=True)
+    for run in (triton_topk.topk_ids, compiled):
+        assert topk_cases.mismatches(run, "cuda") == []
+    scores, k = topk_cases.inputs(topk_cases.CASES[3], "cuda")
+    torch.library.opcheck(torch.ops.compile_ops_moe.topk_ids, (scores, k))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(("impl", "dtype"), GPU_IMPLS)
 def test_gpu_sharded_block_each_impl(world, impl, dtype):
     results = world(1, "nccl").run(
@@ -347,6 +364,28 @@ def test_triton_kernel_matches_torch_in_triton_interpreter():
 
     out = run_interpreted("grouped_gemm_cases")
     assert f"{len(grouped_gemm_cases.CASES)} cases equal" in out
+
+
+def test_triton_topk_is_torch_topk_in_triton_interpreter():
+    """The routing's Triton top-k on a CPU (Triton's interpreter) against a stable descending
+    sort: the same ids in the same order, with ties in expert order, NaN first and rows left
+    mostly at -inf by a group mask (an expert already taken is never picked again)."""
+    pytest.importorskip("triton")
+    from helpers import topk_cases
+    from helpers.moe_workers import run_interpreted
+
+    out = run_interpreted("topk_cases")
+    assert f"{len(topk_cases.CASES)} cases equal" in out
+
+
+def test_triton_topk_names_the_argument_it_refuses():
+    pytest.importorskip("triton")
+    from compile_ops.moe import triton_topk
+
+    with pytest.raises(RuntimeError, match=r"topk_ids: k=9 must be between 1 and the 8 experts"):
+        triton_topk.launch_topk_ids(triton_topk.topk_ids_kernel, torch.zeros(2, 8), 9)
+    with pytest.raises(RuntimeError, match=r"topk_ids: scores must be \[tokens, experts\] float32"):
+        triton_topk.launch_topk_ids(triton_topk.topk_ids_kernel, torch.zeros(2, 8).half(), 2)
 
 
 def test_triton_grouping_is_the_stable_sort_in_triton_interpreter():
