@@ -106,17 +106,21 @@ def shape_rows(name: str, tokens: int, routing: str = "random") -> list[dict]:
         row(kernel, "dense cuBLAS, same flops", ceilings[kernel])
         tg.persistent_for = lambda _x: None
         row(kernel, "pointer 128-row", ops[kernel])
+        want = ops[kernel]().float()  # every row is routed, so every row is written
         tg.persistent_for = persistent_for
         for cfg, flatten in candidates:
             tg.PERSISTENT_CONFIGS[kernel] = (tg.TileConfig(*cfg), flatten)
             group = f"g{cfg[3]}" if cfg[3] else "by expert"
             tile = "persistent " + "x".join(map(str, cfg[:3])) + f" {group} w{cfg[4]} s{cfg[5]}"
             tile += " flat" * flatten
+            # against the pointer tile: a candidate that skips or misplaces rows shows here
+            diff = (ops[kernel]().float() - want).abs().max().item() / want.abs().max().item()
             row(
                 kernel,
                 tile,
                 ops[kernel],
-                committed=(tg.TileConfig(*cfg), flatten) == committed[kernel],
+                committed=tg.PERSISTENT_CONFIGS[kernel] == committed[kernel],
+                rel_diff=diff,
             )
         tg.PERSISTENT_CONFIGS[kernel] = committed[kernel]
     return out
@@ -171,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                 rate = (
                     f"{r['tflops']:4.0f} TFLOP/s" if "tflops" in r else f"{r['tb_per_s']:.2f} TB/s"
                 )
+                diff = f"  diff {r['rel_diff']:.1e}" if "rel_diff" in r else ""
                 print(f"{name:18} {r['kernel']:8} {r['tile']:34} {r['ms']:.3f} ms  "
-                      f"{rate}{mark}", flush=True)  # fmt: skip
+                      f"{rate}{diff}{mark}", flush=True)  # fmt: skip
     if args.json:
         info = {"torch": torch.__version__, "triton": triton.__version__}
         print(json.dumps(info | {"gpu": torch.cuda.get_device_name(), "rows": rows}))
