@@ -43,18 +43,17 @@ def many_rows(ends_ptr, N_EXPERTS: tl.constexpr, LARGE_FROM: tl.constexpr):
 
 
 @triton.jit
-def expert_order(t, start, end, tiles, tile_end, num_n, EXPERTS_POW2: tl.constexpr, BLOCK_M):
-    """(expert, first row, row end, column tile) of tile index ``t``, expert by expert: all of
-    one expert's tiles, its row tiles fastest, come before the next expert's. The programs
-    running at once then share the weight tiles of one or two experts, and each weight tile is
-    read from device memory about once (``tiles``, ``tile_end``: from ``expert_tiles``; ``t``
-    below the total). The expert comes with the order, so ``tile_rows`` is not needed."""
+def expert_order(t, tiles, tile_end, num_n, EXPERTS_POW2: tl.constexpr):
+    """(row tile, column tile) of tile index ``t``, expert by expert: all of one expert's tiles,
+    its row tiles fastest, come before the next expert's. The programs running at once then
+    share the weight tiles of one or two experts, and each weight tile is read from device
+    memory about once (``tiles``, ``tile_end``: from ``expert_tiles``; ``t`` below the total)."""
     expert = tl.sum((tile_end * num_n <= t).to(tl.int32), 0)
     mine = tl.arange(0, EXPERTS_POW2) == expert
     own = tl.sum(tl.where(mine, tiles, 0), 0)  # at least 1: an expert without tiles has no t
-    local = t - tl.sum(tl.where(mine, tile_end - tiles, 0), 0) * num_n
-    row0 = tl.sum(tl.where(mine, start, 0), 0) + (local % own) * BLOCK_M
-    return expert, row0, tl.sum(tl.where(mine, end, 0), 0), local // own
+    first = tl.sum(tl.where(mine, tile_end - tiles, 0), 0)
+    local = t - first * num_n
+    return first + local % own, local // own
 
 
 @triton.jit

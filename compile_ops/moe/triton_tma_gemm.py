@@ -77,14 +77,10 @@ def persistent_grouped_gemm_kernel(
     num_n = tl.cdiv(N, BLOCK_N)
     for t in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=FLATTEN):
         if GROUP_M == 0:
-            expert, row0, row_end, pid_n = expert_order(
-                t, start, end, tiles, tile_end, num_n, EXPERTS_POW2, BLOCK_M
-            )
+            pid_m, pid_n = expert_order(t, tiles, tile_end, num_n, EXPERTS_POW2)
         else:
             pid_m, pid_n = grouped_order(t, num_m, num_n, GROUP_M)
-            expert, row0, row_end = tile_rows(
-                pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M
-            )
+        expert, row0, row_end = tile_rows(pid_m, start, end, tiles, tile_end, EXPERTS_POW2, BLOCK_M)
         offs_m = row0 + tl.arange(0, BLOCK_M)
         in_rows = offs_m < row_end
         n0 = pid_n * BLOCK_N
